@@ -1,0 +1,190 @@
+package gossip
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/p2pchat/p2pchat/internal/wire"
+	"github.com/p2pchat/p2pchat/keyring"
+	"github.com/p2pchat/p2pchat/roster"
+)
+
+// Envelope is a verified, decoded chat message. Its payload is still sealed.
+type Envelope struct {
+	Group       roster.GroupID
+	KeyID       keyring.ID
+	Sender      peer.ID
+	Seq         uint64
+	RosterHeads []roster.OpID
+	Nonce       []byte
+	Ciphertext  []byte
+	Signed      *wire.Signed // the exact signed bytes, for storage and sync
+}
+
+// LogValue logs identifiers and sizes, never content.
+func (e *Envelope) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("sender", e.Sender.ShortString()),
+		slog.Uint64("seq", e.Seq),
+		slog.String("key_id", e.KeyID.Short()),
+		slog.Int("bytes", len(e.Ciphertext)))
+}
+
+// SealEnvelope encrypts content under key as message seq of the signer and
+// signs the result: one signature per message.
+func SealEnvelope(rand io.Reader, priv crypto.PrivKey, key *keyring.Key, seq uint64, heads []roster.OpID, content *wire.Content) (*Envelope, error) {
+	if len(content.Text) > MaxTextSize {
+		return nil, fmt.Errorf("%w: text of %d bytes exceeds %d", ErrTooLarge, len(content.Text), MaxTextSize)
+	}
+	sender, err := peer.IDFromPrivateKey(priv)
+	if err != nil {
+		return nil, err
+	}
+	pt, err := proto.Marshal(content)
+	if err != nil {
+		return nil, err
+	}
+	nonce, ct, err := key.Seal(rand, sender, seq, pt)
+	if err != nil {
+		return nil, err
+	}
+	w := &wire.Envelope{
+		GroupId:    key.Meta.Group[:],
+		KeyId:      key.Meta.KeyID[:],
+		Sender:     []byte(sender),
+		Seq:        seq,
+		Nonce:      nonce,
+		Ciphertext: ct,
+	}
+	for _, h := range heads {
+		w.RosterHeads = append(w.RosterHeads, h[:])
+	}
+	s, err := wire.Sign(priv, wire.Kind_KIND_ENVELOPE, w)
+	if err != nil {
+		return nil, err
+	}
+	return &Envelope{Group: key.Meta.Group, KeyID: key.Meta.KeyID, Sender: sender, Seq: seq,
+		RosterHeads: append([]roster.OpID(nil), heads...), Nonce: nonce, Ciphertext: ct, Signed: s}, nil
+}
+
+// OpenEnvelope verifies s and decodes the envelope inside. It does not decrypt.
+func OpenEnvelope(s *wire.Signed) (*Envelope, error) {
+	var w wire.Envelope
+	signer, err := wire.Verify(s, wire.Kind_KIND_ENVELOPE, &w)
+	if err != nil {
+		return nil, err
+	}
+	if string(w.Sender) != string(signer) {
+		return nil, fmt.Errorf("%w: envelope sender is not its signer", ErrMalformed)
+	}
+	e := &Envelope{Sender: signer, Seq: w.Seq, Nonce: w.Nonce, Ciphertext: w.Ciphertext, Signed: s}
+	if e.Group, err = roster.ParseOpID(w.GroupId); err != nil {
+		return nil, fmt.Errorf("%w: group id", ErrMalformed)
+	}
+	if e.KeyID, err = keyring.ParseID(w.KeyId); err != nil {
+		return nil, fmt.Errorf("%w: key id", ErrMalformed)
+	}
+	if e.Seq == 0 {
+		return nil, fmt.Errorf("%w: sequence number 0", ErrMalformed)
+	}
+	if len(w.Nonce) != 24 {
+		return nil, fmt.Errorf("%w: nonce of %d bytes", ErrMalformed, len(w.Nonce))
+	}
+	if len(w.RosterHeads) == 0 || len(w.RosterHeads) > MaxRosterHeads {
+		return nil, fmt.Errorf("%w: %d roster heads", ErrMalformed, len(w.RosterHeads))
+	}
+	for _, h := range w.RosterHeads {
+		id, err := roster.ParseOpID(h)
+		if err != nil {
+			return nil, fmt.Errorf("%w: roster head", ErrMalformed)
+		}
+		e.RosterHeads = append(e.RosterHeads, id)
+	}
+	return e, nil
+}
+
+// Open decrypts the envelope's content with key.
+func (e *Envelope) Open(key *keyring.Key) (*wire.Content, error) {
+	pt, err := key.Open(e.Sender, e.Seq, e.Nonce, e.Ciphertext)
+	if err != nil {
+		return nil, err
+	}
+	var c wire.Content
+	if err := proto.Unmarshal(pt, &c); err != nil {
+		return nil, fmt.Errorf("%w: content: %v", ErrMalformed, err)
+	}
+	return &c, nil
+}
+
+// KeyRequest is a verified request for a key, published on the group topic.
+type KeyRequest struct {
+	Group     roster.GroupID
+	KeyID     keyring.ID
+	Requester peer.ID
+	Nonce     []byte
+	SentAtMs  int64
+	Attempt   uint32 // earlier requests for this key by the requester
+	Signed    *wire.Signed
+}
+
+// NewKeyRequest signs a request for key id in group.
+func NewKeyRequest(rand io.Reader, priv crypto.PrivKey, group roster.GroupID, id keyring.ID, attempt uint32, nowMs int64) (*KeyRequest, error) {
+	me, err := peer.IDFromPrivateKey(priv)
+	if err != nil {
+		return nil, err
+	}
+	nonce := make([]byte, 16)
+	if _, err := io.ReadFull(rand, nonce); err != nil {
+		return nil, err
+	}
+	s, err := wire.Sign(priv, wire.Kind_KIND_KEY_REQUEST, &wire.KeyRequest{
+		GroupId: group[:], KeyId: id[:], Requester: []byte(me), Nonce: nonce, SentAtMs: nowMs, Attempt: attempt})
+	if err != nil {
+		return nil, err
+	}
+	return &KeyRequest{Group: group, KeyID: id, Requester: me, Nonce: nonce, SentAtMs: nowMs, Attempt: attempt, Signed: s}, nil
+}
+
+// OpenKeyRequest verifies and decodes a key request.
+func OpenKeyRequest(s *wire.Signed) (*KeyRequest, error) {
+	var w wire.KeyRequest
+	signer, err := wire.Verify(s, wire.Kind_KIND_KEY_REQUEST, &w)
+	if err != nil {
+		return nil, err
+	}
+	if string(w.Requester) != string(signer) {
+		return nil, fmt.Errorf("%w: key request requester is not its signer", ErrMalformed)
+	}
+	r := &KeyRequest{Requester: signer, Nonce: w.Nonce, SentAtMs: w.SentAtMs, Attempt: w.Attempt, Signed: s}
+	if r.Group, err = roster.ParseOpID(w.GroupId); err != nil {
+		return nil, fmt.Errorf("%w: group id", ErrMalformed)
+	}
+	if r.KeyID, err = keyring.ParseID(w.KeyId); err != nil {
+		return nil, fmt.Errorf("%w: key id", ErrMalformed)
+	}
+	if len(w.Nonce) != 16 {
+		return nil, fmt.Errorf("%w: nonce of %d bytes", ErrMalformed, len(w.Nonce))
+	}
+	return r, nil
+}
+
+// SignKeyMeta signs key metadata as its sender.
+func SignKeyMeta(priv crypto.PrivKey, m *keyring.Meta) (*wire.Signed, error) {
+	return wire.Sign(priv, wire.Kind_KIND_KEY_META, m.ToWire())
+}
+
+// OpenKeyMeta verifies signed key metadata and returns it with its signer.
+func OpenKeyMeta(s *wire.Signed) (keyring.Meta, peer.ID, error) {
+	var w wire.KeyMeta
+	signer, err := wire.Verify(s, wire.Kind_KIND_KEY_META, &w)
+	if err != nil {
+		return keyring.Meta{}, "", err
+	}
+	m, err := keyring.MetaFromWire(&w)
+	return m, signer, err
+}

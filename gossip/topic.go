@@ -1,0 +1,158 @@
+package gossip
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	pb "github.com/libp2p/go-libp2p-pubsub/pb"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/p2pchat/p2pchat/internal/wire"
+	"github.com/p2pchat/p2pchat/roster"
+)
+
+// Inbound is one verified topic message: exactly one field is set. The
+// validator builds it once, and the subscriber receives the same value, so
+// each message is decoded and verified once.
+type Inbound struct {
+	Envelope   *Envelope
+	Op         *roster.Op
+	KeyRequest *KeyRequest
+}
+
+// Policy judges a verified topic message. It runs inline in the validator,
+// so it must be cheap and must not block: it may hold a message for later
+// (returning ValidationIgnore after keeping it) but never wait.
+type Policy func(from peer.ID, in *Inbound) pubsub.ValidationResult
+
+// Topic is a joined group topic with its subscription.
+type Topic struct {
+	ps   *pubsub.PubSub
+	name string
+	t    *pubsub.Topic
+	sub  *pubsub.Subscription
+}
+
+// SubscriptionBuffer is how many delivered messages wait for the reader
+// before GossipSub drops ("subscriber too slow"). The node reads promptly;
+// the margin absorbs bursts.
+const SubscriptionBuffer = 4096
+
+// JoinTopic joins group's topic on ps with a validator that decodes and
+// verifies every message, then asks policy.
+func JoinTopic(ps *pubsub.PubSub, group [32]byte, policy Policy) (*Topic, error) {
+	name := TopicName(group)
+	validate := func(ctx context.Context, from peer.ID, m *pubsub.Message) pubsub.ValidationResult {
+		in, err := DecodeInbound(m.Data)
+		if err != nil {
+			return pubsub.ValidationReject
+		}
+		res := policy(from, in)
+		if res == pubsub.ValidationAccept {
+			m.ValidatorData = in
+		}
+		return res
+	}
+	if err := ps.RegisterTopicValidator(name, validate, pubsub.WithValidatorInline(true)); err != nil {
+		return nil, fmt.Errorf("register validator: %w", err)
+	}
+	t, err := ps.Join(name, pubsub.WithTopicMessageIdFn(func(m *pb.Message) string { return MessageID(m.Data) }))
+	if err != nil {
+		_ = ps.UnregisterTopicValidator(name)
+		return nil, fmt.Errorf("join topic: %w", err)
+	}
+	sub, err := t.Subscribe(pubsub.WithBufferSize(SubscriptionBuffer))
+	if err != nil {
+		_ = t.Close()
+		_ = ps.UnregisterTopicValidator(name)
+		return nil, fmt.Errorf("subscribe: %w", err)
+	}
+	return &Topic{ps: ps, name: name, t: t, sub: sub}, nil
+}
+
+// DecodeInbound decodes and verifies a topic message.
+func DecodeInbound(data []byte) (*Inbound, error) {
+	m, err := DecodeTopicMessage(data)
+	if err != nil {
+		return nil, err
+	}
+	var in Inbound
+	switch p := m.Payload.(type) {
+	case *wire.TopicMessage_Envelope:
+		in.Envelope, err = OpenEnvelope(p.Envelope)
+	case *wire.TopicMessage_RosterOp:
+		in.Op, err = roster.Decode(p.RosterOp)
+	case *wire.TopicMessage_KeyRequest:
+		in.KeyRequest, err = OpenKeyRequest(p.KeyRequest)
+	default:
+		err = fmt.Errorf("%w: unknown payload", ErrMalformed)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &in, nil
+}
+
+// Publish sends a topic message. The local validator runs synchronously, so
+// a message our own policy refuses returns an error here.
+func (t *Topic) Publish(ctx context.Context, m *wire.TopicMessage) error {
+	b, err := EncodeTopicMessage(m)
+	if err != nil {
+		return err
+	}
+	return t.t.Publish(ctx, b)
+}
+
+// Next returns the next accepted message and the peer it came from. Messages
+// we published ourselves are skipped: the publisher handles them directly.
+func (t *Topic) Next(ctx context.Context, self peer.ID) (*Inbound, peer.ID, error) {
+	for {
+		m, err := t.sub.Next(ctx)
+		if err != nil {
+			return nil, "", err
+		}
+		if m.ReceivedFrom == self {
+			continue
+		}
+		in, ok := m.ValidatorData.(*Inbound)
+		if !ok {
+			return nil, "", errors.New("gossip: message without validator data")
+		}
+		return in, m.ReceivedFrom, nil
+	}
+}
+
+// Peers lists the peers known to be subscribed to the topic.
+func (t *Topic) Peers() []peer.ID { return t.t.ListPeers() }
+
+// EventHandler reports peers joining and leaving the topic.
+func (t *Topic) EventHandler() (*pubsub.TopicEventHandler, error) { return t.t.EventHandler() }
+
+// Close cancels the subscription, leaves the topic and removes the validator.
+func (t *Topic) Close() error {
+	t.sub.Cancel()
+	err := t.t.Close()
+	_ = t.ps.UnregisterTopicValidator(t.name)
+	return err
+}
+
+// PubSubOptions are the options the node uses when it creates its own
+// GossipSub router: no pubsub signature (each message carries ours, so one
+// signature and one verification per message), content-hash message IDs, a
+// message size bound matching ours, flood publishing so a message reaches
+// every connected member even before the mesh forms, and queues sized so
+// bursts are not dropped.
+func PubSubOptions() []pubsub.Option {
+	return []pubsub.Option{
+		pubsub.WithMessageSignaturePolicy(pubsub.StrictNoSign),
+		pubsub.WithNoAuthor(),
+		pubsub.WithMessageIdFn(func(m *pb.Message) string { return MessageID(m.Data) }),
+		pubsub.WithMaxMessageSize(MaxTopicMessageSize + 4<<10),
+		pubsub.WithFloodPublish(true),
+		pubsub.WithPeerExchange(false),
+		pubsub.WithValidateQueueSize(4096),
+		pubsub.WithPeerOutboundQueueSize(4096),
+	}
+}

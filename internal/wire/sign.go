@@ -1,0 +1,121 @@
+package wire
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"google.golang.org/protobuf/proto"
+)
+
+var (
+	// ErrBadSignature means a signature did not verify, or the signer is not
+	// an Ed25519 peer ID.
+	ErrBadSignature = errors.New("bad signature")
+	// ErrMalformed means bytes that do not decode to the expected message.
+	ErrMalformed = errors.New("malformed message")
+)
+
+// MaxSignedBody bounds the body of any signed message. Envelopes are bounded
+// more tightly by the gossip layer; this is the hard ceiling for everything.
+const MaxSignedBody = 256 << 10
+
+var kindNames = map[Kind]string{
+	Kind_KIND_ROSTER_OP:   "roster-op",
+	Kind_KIND_ENVELOPE:    "envelope",
+	Kind_KIND_KEY_META:    "key-meta",
+	Kind_KIND_KEY_REQUEST: "key-request",
+}
+
+// signingInput is the domain-separated byte string a signature covers, so a
+// signature made for one kind can never be replayed as another.
+func signingInput(kind Kind, body []byte) ([]byte, error) {
+	name, ok := kindNames[kind]
+	if !ok {
+		return nil, fmt.Errorf("%w: unknown kind %d", ErrMalformed, kind)
+	}
+	in := make([]byte, 0, len("p2pchat/v1/")+len(name)+1+len(body))
+	in = append(in, "p2pchat/v1/"...)
+	in = append(in, name...)
+	in = append(in, 0)
+	return append(in, body...), nil
+}
+
+// Sign serializes body and signs it as kind with priv.
+func Sign(priv crypto.PrivKey, kind Kind, body proto.Message) (*Signed, error) {
+	b, err := proto.Marshal(body)
+	if err != nil {
+		return nil, fmt.Errorf("marshal body: %w", err)
+	}
+	if len(b) > MaxSignedBody {
+		return nil, fmt.Errorf("%w: body of %d bytes exceeds %d", ErrMalformed, len(b), MaxSignedBody)
+	}
+	in, err := signingInput(kind, b)
+	if err != nil {
+		return nil, err
+	}
+	sig, err := priv.Sign(in)
+	if err != nil {
+		return nil, fmt.Errorf("sign: %w", err)
+	}
+	signer, err := peer.IDFromPrivateKey(priv)
+	if err != nil {
+		return nil, fmt.Errorf("signer id: %w", err)
+	}
+	return &Signed{Kind: kind, Body: b, Signature: sig, Signer: []byte(signer)}, nil
+}
+
+// Verify checks that s is of the given kind and that its signature verifies
+// under the Ed25519 key embedded in s.Signer. Only then does it decode the
+// body into into. It returns the authenticated signer.
+func Verify(s *Signed, kind Kind, into proto.Message) (peer.ID, error) {
+	if s == nil {
+		return "", fmt.Errorf("%w: missing signed message", ErrMalformed)
+	}
+	if s.Kind != kind {
+		return "", fmt.Errorf("%w: kind %v, want %v", ErrMalformed, s.Kind, kind)
+	}
+	if len(s.Body) > MaxSignedBody {
+		return "", fmt.Errorf("%w: body of %d bytes exceeds %d", ErrMalformed, len(s.Body), MaxSignedBody)
+	}
+	signer, pub, err := PeerKey(s.Signer)
+	if err != nil {
+		return "", err
+	}
+	in, err := signingInput(kind, s.Body)
+	if err != nil {
+		return "", err
+	}
+	ok, err := pub.Verify(in, s.Signature)
+	if err != nil || !ok {
+		return "", ErrBadSignature
+	}
+	if err := proto.Unmarshal(s.Body, into); err != nil {
+		return "", fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	return signer, nil
+}
+
+// PeerKey parses b as a peer ID and extracts its embedded Ed25519 public key.
+// Peer IDs of other key types are refused: p2pchat identities are Ed25519.
+func PeerKey(b []byte) (peer.ID, crypto.PubKey, error) {
+	id, err := peer.IDFromBytes(b)
+	if err != nil {
+		return "", nil, fmt.Errorf("%w: bad peer id", ErrBadSignature)
+	}
+	pub, err := id.ExtractPublicKey()
+	if err != nil || pub.Type() != crypto.Ed25519 {
+		return "", nil, fmt.Errorf("%w: peer id does not embed an Ed25519 key", ErrBadSignature)
+	}
+	return id, pub, nil
+}
+
+// ParsePeerID parses b as an Ed25519 peer ID.
+func ParsePeerID(b []byte) (peer.ID, error) {
+	id, _, err := PeerKey(b)
+	if err != nil {
+		return "", fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	return id, nil
+}

@@ -1,0 +1,792 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/p2pchat/p2pchat/gossip"
+	"github.com/p2pchat/p2pchat/internal/wire"
+	"github.com/p2pchat/p2pchat/keyring"
+	"github.com/p2pchat/p2pchat/roster"
+)
+
+// Group is one joined group. Its methods are safe for concurrent use.
+//
+// One mutex guards the group's state (roster, keys, waiting messages); it is
+// never held across network I/O or a call into pubsub.
+type Group struct {
+	n     *Node
+	id    roster.GroupID
+	topic *gossip.Topic // nil once the group is left
+
+	ctx    context.Context // cancelled by stop
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // every goroutine of this group
+	wake   chan struct{}  // nudges the timer loop
+
+	mu          sync.Mutex
+	roster      *roster.Roster
+	ring        *keyring.Ring
+	left        bool
+	members     []peer.ID                     // last membership reported in an event
+	sendKey     keyring.ID                    // last sending key reported in an event
+	signedMeta  map[keyring.ID]*wire.Signed   // our signature over key metadata, for transfers
+	waiting     map[keyring.ID][]msgRef       // messages waiting for a key
+	keyReqs     map[keyring.ID]*keyRequest    // outstanding requests for keys
+	order       map[peer.ID]*senderOrder      // per-sender delivery order
+	held        []heldEnvelope                // envelopes whose roster heads are unknown
+	reqBudget   map[peer.ID]*tokenBucket      // key requests accepted per requester
+	rotateAt    time.Time                     // designated rotation deadline; zero when none
+	fetching    map[peer.ID]bool              // roster fetches running, by peer
+	stopped     bool
+}
+
+type msgRef struct {
+	sender peer.ID
+	seq    uint64
+}
+
+// startGroup wires a roster into a running group: keys from the store, the
+// topic, and the group's goroutines.
+func (n *Node) startGroup(r *roster.Roster, left, isNew bool) (*Group, error) {
+	g := &Group{
+		n:          n,
+		id:         r.ID(),
+		wake:       make(chan struct{}, 1),
+		roster:     r,
+		ring:       keyring.NewRing(r.ID()),
+		left:       left,
+		signedMeta: make(map[keyring.ID]*wire.Signed),
+		waiting:    make(map[keyring.ID][]msgRef),
+		keyReqs:    make(map[keyring.ID]*keyRequest),
+		order:      make(map[peer.ID]*senderOrder),
+		reqBudget:  make(map[peer.ID]*tokenBucket),
+		fetching:   make(map[peer.ID]bool),
+	}
+	g.ctx, g.cancel = context.WithCancel(n.ctx)
+	if err := g.loadKeys(); err != nil {
+		return nil, err
+	}
+	if err := g.persistRecord(); err != nil {
+		return nil, err
+	}
+	st := r.State()
+	g.members = st.MemberIDs()
+	if k := g.ring.SendingKey(g.members, g.height); k != nil {
+		g.sendKey = k.ID()
+	}
+	if !st.IsMember(n.self) {
+		g.left = true
+	}
+	if !g.left {
+		t, err := gossip.JoinTopic(n.ps, g.id, g.policy)
+		if err != nil {
+			return nil, err
+		}
+		g.topic = t
+	}
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		if g.topic != nil {
+			_ = g.topic.Close()
+		}
+		return nil, ErrClosed
+	}
+	n.groups[g.id] = g
+	if g.topic != nil {
+		n.byTopic[gossip.TopicName(g.id)] = g
+	}
+	n.mu.Unlock()
+	if g.topic != nil {
+		peerEvents, err := g.topic.EventHandler()
+		if err != nil {
+			return nil, err
+		}
+		g.wg.Add(3)
+		go g.readLoop(g.topic)
+		go g.timerLoop()
+		go g.peerLoop(peerEvents)
+	}
+	if isNew {
+		n.events.publish(Event{Kind: EventGroupJoined, Group: g.id, Members: st.Members})
+	}
+	return g, nil
+}
+
+// stop ends the group's goroutines and leaves its topic.
+func (g *Group) stop() {
+	g.mu.Lock()
+	if g.stopped {
+		g.mu.Unlock()
+		return
+	}
+	g.stopped = true
+	t := g.topic
+	g.topic = nil
+	g.mu.Unlock()
+	g.cancel()
+	if t != nil {
+		_ = t.Close()
+	}
+	g.wg.Wait()
+	g.n.mu.Lock()
+	delete(g.n.byTopic, gossip.TopicName(g.id))
+	g.n.mu.Unlock()
+}
+
+// goTracked runs fn on a goroutine that stop waits for.
+func (g *Group) goTracked(fn func()) {
+	g.mu.Lock()
+	stopped := g.stopped
+	if !stopped {
+		g.wg.Add(1)
+	}
+	g.mu.Unlock()
+	if stopped {
+		return
+	}
+	go func() {
+		defer g.wg.Done()
+		fn()
+	}()
+}
+
+func (g *Group) nudge() {
+	select {
+	case g.wake <- struct{}{}:
+	default:
+	}
+}
+
+// ID is the group's ID.
+func (g *Group) ID() roster.GroupID { return g.id }
+
+// Name is the group's display name, chosen by its founder.
+func (g *Group) Name() string { return g.roster.Name() }
+
+// Members returns the current membership, sorted by peer ID.
+func (g *Group) Members() []roster.Member {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return slices.Clone(g.roster.State().Members)
+}
+
+// State returns the current roster state.
+func (g *Group) State() *roster.State {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.roster.State()
+}
+
+// SendingKeyID returns the ID of the key this node now sends with, or the
+// zero ID when it holds no qualifying key (the next send generates one).
+func (g *Group) SendingKeyID() keyring.ID {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if k := g.sendingKeyLocked(); k != nil {
+		return k.ID()
+	}
+	return keyring.ID{}
+}
+
+// KeyIDs lists every key held for the group, old ones included.
+func (g *Group) KeyIDs() []keyring.ID {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var out []keyring.ID
+	for _, k := range g.ring.Keys() {
+		out = append(out, k.ID())
+	}
+	return out
+}
+
+// HasKey reports whether this node holds key id.
+func (g *Group) HasKey(id keyring.ID) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	_, ok := g.ring.Get(id)
+	return ok
+}
+
+func (g *Group) hasLeft() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.left
+}
+
+// IsMember reports whether p is a current member.
+func (g *Group) IsMember(p peer.ID) bool { return g.isMember(p) }
+
+func (g *Group) isMember(p peer.ID) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.roster.State().IsMember(p)
+}
+
+// Peers lists connected peers subscribed to the group's topic.
+func (g *Group) Peers() []peer.ID {
+	g.mu.Lock()
+	t := g.topic
+	g.mu.Unlock()
+	if t == nil {
+		return nil
+	}
+	return t.Peers()
+}
+
+// WaitPeers waits until at least n peers are subscribed to the group's topic.
+func (g *Group) WaitPeers(ctx context.Context, n int) error {
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for len(g.Peers()) < n {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for %d peers: %w", n, ctx.Err())
+		case <-tick.C:
+		}
+	}
+	return nil
+}
+
+// height orders roster states for the sending-key rule.
+func (g *Group) height(heads []roster.OpID) (int, bool) {
+	if !g.roster.Knows(heads) {
+		return 0, false
+	}
+	st, err := g.roster.StateAt(heads)
+	if err != nil {
+		return 0, false
+	}
+	return st.Size, true
+}
+
+func (g *Group) sendingKeyLocked() *keyring.Key {
+	return g.ring.SendingKey(g.roster.State().MemberIDs(), g.height)
+}
+
+func (g *Group) persistRecord() error {
+	create, ok := g.roster.Op(g.id)
+	if !ok {
+		return errors.New("roster without its create op")
+	}
+	b, err := proto.Marshal(&wire.GroupRecord{CreateOp: create.Signed, Left: g.left})
+	if err != nil {
+		return err
+	}
+	return g.n.store.PutGroup(g.id, b)
+}
+
+func (g *Group) loadKeys() error {
+	return g.n.store.Keys(g.id, func(b []byte) error {
+		var rec wire.KeyRecord
+		if err := proto.Unmarshal(b, &rec); err != nil {
+			return fmt.Errorf("key record: %w", err)
+		}
+		meta, err := keyring.MetaFromWire(rec.Meta)
+		if err != nil {
+			return err
+		}
+		k, err := keyring.FromSecret(rec.Secret, meta)
+		if err != nil {
+			return fmt.Errorf("stored key %s: %w", meta.KeyID.Short(), err)
+		}
+		g.ring.Add(k)
+		return nil
+	})
+}
+
+// storeKeyLocked writes a key to disk, then adds it to the ring: a key is
+// durable before anything is encrypted or decrypted with it.
+func (g *Group) storeKeyLocked(k *keyring.Key) (bool, error) {
+	if _, ok := g.ring.Get(k.ID()); ok {
+		return false, nil
+	}
+	b, err := proto.Marshal(&wire.KeyRecord{Secret: k.Secret(), Meta: k.Meta.ToWire()})
+	if err != nil {
+		return false, err
+	}
+	if err := g.n.store.PutKey(g.id, k.ID(), b); err != nil {
+		return false, err
+	}
+	return g.ring.Add(k), nil
+}
+
+// Send encrypts text under the group's sending key, stores it and publishes
+// it. With no qualifying key it first generates one for the current roster
+// and sends it to every member.
+func (g *Group) Send(ctx context.Context, text string) (*Message, error) {
+	if len(text) > gossip.MaxTextSize {
+		return nil, fmt.Errorf("%w: text of %d bytes exceeds %d", ErrTooLarge, len(text), gossip.MaxTextSize)
+	}
+	g.mu.Lock()
+	if g.left || !g.roster.State().IsMember(g.n.self) {
+		g.mu.Unlock()
+		return nil, fmt.Errorf("%w of group %s", ErrNotMember, g.id.ShortString())
+	}
+	key := g.sendingKeyLocked()
+	var rotated *keyring.Key
+	if key == nil {
+		var err error
+		if rotated, err = g.rotateLocked(); err != nil {
+			g.mu.Unlock()
+			return nil, err
+		}
+		key = rotated
+	}
+	seq, err := g.n.store.NextCounter(g.id, "seq")
+	if err != nil {
+		g.mu.Unlock()
+		return nil, err
+	}
+	now := time.Now()
+	env, err := gossip.SealEnvelope(g.n.rand, g.n.priv, key, seq, g.roster.Heads(), &wire.Content{Text: text, SentAtMs: now.UnixMilli()})
+	if err != nil {
+		g.mu.Unlock()
+		return nil, err
+	}
+	rec, _ := proto.Marshal(&wire.MessageRecord{Envelope: env.Signed, ReceivedAtMs: now.UnixMilli()})
+	if _, _, err := g.n.store.PutMessage(g.id, []byte(g.n.self), seq, rec); err != nil {
+		g.mu.Unlock()
+		return nil, err
+	}
+	msg := &Message{Group: g.id, Sender: g.n.self, Seq: seq, KeyID: key.ID(), Status: StatusOK,
+		Text: text, SentAt: time.UnixMilli(now.UnixMilli()), ReceivedAt: now}
+	g.noteDeliveredLocked(g.n.self, seq)
+	t := g.topic
+	g.mu.Unlock()
+
+	if rotated != nil {
+		g.emitRotated(rotated)
+	}
+	g.n.events.publish(Event{Kind: EventMessage, Group: g.id, Message: msg})
+	if t != nil {
+		if err := t.Publish(ctx, &wire.TopicMessage{Payload: &wire.TopicMessage_Envelope{Envelope: env.Signed}}); err != nil {
+			// The message is stored; history sync delivers it later.
+			g.n.log.Warn("publish failed", "group", g.id.ShortString(), "seq", seq, "err", err)
+		}
+	}
+	return msg, nil
+}
+
+// History returns every stored message in arrival order, decrypted where
+// the key is held.
+func (g *Group) History() ([]Message, error) {
+	var out []Message
+	err := g.n.store.Messages(g.id, func(b []byte) error {
+		var rec wire.MessageRecord
+		if err := proto.Unmarshal(b, &rec); err != nil {
+			return fmt.Errorf("message record: %w", err)
+		}
+		if rec.Undecryptable {
+			return nil
+		}
+		e, err := gossip.OpenEnvelope(rec.Envelope)
+		if err != nil {
+			return fmt.Errorf("stored envelope: %w", err)
+		}
+		g.mu.Lock()
+		m := g.messageLocked(e, time.UnixMilli(rec.ReceivedAtMs))
+		g.mu.Unlock()
+		if m != nil {
+			out = append(out, *m)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// messageLocked builds the member's view of an envelope: decrypted when the
+// key is held, waiting otherwise; nil when it does not authenticate.
+func (g *Group) messageLocked(e *gossip.Envelope, received time.Time) *Message {
+	m := &Message{Group: g.id, Sender: e.Sender, Seq: e.Seq, KeyID: e.KeyID, Status: StatusWaitingForKey, ReceivedAt: received}
+	k, ok := g.ring.Get(e.KeyID)
+	if !ok {
+		return m
+	}
+	c, err := e.Open(k)
+	if err != nil {
+		return nil
+	}
+	m.Status, m.Text, m.SentAt = StatusOK, c.Text, time.UnixMilli(c.SentAtMs)
+	return m
+}
+
+// Add admits p with role. The new member gets the next epoch key, derived
+// from the current one so it cannot read what was sent before it joined.
+func (g *Group) Add(ctx context.Context, p peer.ID, role roster.Role) error {
+	if _, _, err := wire.PeerKey([]byte(p)); err != nil {
+		return fmt.Errorf("add %s: %w", p, err)
+	}
+	g.mu.Lock()
+	if err := g.requireAdminLocked(); err != nil {
+		g.mu.Unlock()
+		return err
+	}
+	st := g.roster.State()
+	if r, ok := st.RoleOf(p); ok && r == role {
+		g.mu.Unlock()
+		return fmt.Errorf("%w: %s", ErrAlreadyMember, p.ShortString())
+	}
+	var parentID []byte
+	if k := g.sendingKeyLocked(); k != nil {
+		id := k.ID()
+		parentID = id[:]
+	}
+	op, err := roster.NewAdd(g.n.priv, g.id, g.roster.Heads(), p, role, parentID)
+	if err != nil {
+		g.mu.Unlock()
+		return err
+	}
+	if err := g.applyLocalLocked(op); err != nil {
+		g.mu.Unlock()
+		return err
+	}
+	derived := g.derivedForLocked(op.ID)
+	var rotated *keyring.Key
+	if derived == nil && g.sendingKeyLocked() == nil {
+		if rotated, err = g.rotateLocked(); err != nil {
+			g.mu.Unlock()
+			return err
+		}
+	}
+	g.mu.Unlock()
+
+	g.publishOp(ctx, op)
+	switch {
+	case rotated != nil:
+		g.emitRotated(rotated)
+		g.distribute(rotated, nil)
+	case derived != nil:
+		g.distribute(derived, []peer.ID{p})
+	}
+	return nil
+}
+
+// Remove removes p from the group and rotates the key at once: the new key
+// goes to every remaining member and never to p.
+func (g *Group) Remove(ctx context.Context, p peer.ID) error {
+	g.mu.Lock()
+	if err := g.requireAdminLocked(); err != nil {
+		g.mu.Unlock()
+		return err
+	}
+	if p == g.n.self {
+		g.mu.Unlock()
+		return errors.New("use Leave to leave a group")
+	}
+	if !g.roster.State().IsMember(p) {
+		g.mu.Unlock()
+		return fmt.Errorf("%w: %s", ErrNotMember, p.ShortString())
+	}
+	op, err := roster.NewRemove(g.n.priv, g.id, g.roster.Heads(), p)
+	if err != nil {
+		g.mu.Unlock()
+		return err
+	}
+	if err := g.applyLocalLocked(op); err != nil {
+		g.mu.Unlock()
+		return err
+	}
+	k, err := g.rotateLocked()
+	g.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	g.publishOp(ctx, op)
+	g.emitRotated(k)
+	g.distribute(k, nil)
+	return nil
+}
+
+// Leave removes this node from the group. Its keys and history stay, read-only.
+func (g *Group) Leave(ctx context.Context) error {
+	g.mu.Lock()
+	if g.left || !g.roster.State().IsMember(g.n.self) {
+		g.mu.Unlock()
+		return fmt.Errorf("%w of group %s", ErrNotMember, g.id.ShortString())
+	}
+	op, err := roster.NewLeave(g.n.priv, g.id, g.roster.Heads())
+	t := g.topic
+	g.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	// Publish before applying: applying our own departure closes the topic.
+	g.publishOpOn(ctx, t, op)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.applyLocalLocked(op)
+}
+
+func (g *Group) requireAdminLocked() error {
+	if g.left {
+		return fmt.Errorf("%w of group %s", ErrNotMember, g.id.ShortString())
+	}
+	role, ok := g.roster.State().RoleOf(g.n.self)
+	if !ok {
+		return fmt.Errorf("%w of group %s", ErrNotMember, g.id.ShortString())
+	}
+	if role != roster.RoleAdmin {
+		return fmt.Errorf("%w of group %s", ErrNotAdmin, g.id.ShortString())
+	}
+	return nil
+}
+
+// applyLocalLocked inserts an op this node authored.
+func (g *Group) applyLocalLocked(op *roster.Op) error {
+	applied, err := g.roster.Insert(op)
+	if err != nil {
+		return err
+	}
+	return g.appliedLocked(applied)
+}
+
+func (g *Group) publishOp(ctx context.Context, op *roster.Op) {
+	g.mu.Lock()
+	t := g.topic
+	g.mu.Unlock()
+	g.publishOpOn(ctx, t, op)
+}
+
+func (g *Group) publishOpOn(ctx context.Context, t *gossip.Topic, op *roster.Op) {
+	if t == nil {
+		return
+	}
+	if err := t.Publish(ctx, &wire.TopicMessage{Payload: &wire.TopicMessage_RosterOp{RosterOp: op.Signed}}); err != nil {
+		g.n.log.Warn("publish roster op failed", "group", g.id.ShortString(), "err", err)
+	}
+}
+
+// appliedLocked persists newly applied roster ops and reacts to the change.
+func (g *Group) appliedLocked(applied []*roster.Op) error {
+	if len(applied) == 0 {
+		return nil
+	}
+	for _, op := range applied {
+		if err := g.n.store.PutOp(g.id, op.ID, op.Marshal()); err != nil {
+			return err
+		}
+	}
+	for _, op := range applied {
+		if op.Kind == roster.KindAdd && len(op.ParentKeyID) == 32 {
+			g.deriveLocked(op)
+		}
+	}
+	g.rosterChangedLocked()
+	return nil
+}
+
+// deriveLocked computes the epoch key of an add op from its parent key,
+// when this node holds the parent and is entitled to the result.
+func (g *Group) deriveLocked(op *roster.Op) *keyring.Key {
+	parent, ok := g.ring.Get(keyring.ID(op.ParentKeyID))
+	if !ok || !g.roster.Effective(op.ID) {
+		return nil
+	}
+	st, err := g.roster.StateAt([]roster.OpID{op.ID})
+	if err != nil || !st.IsMember(g.n.self) {
+		return nil
+	}
+	k, err := keyring.Derive(parent, op.ID, op.Author, st.MemberIDs())
+	if err != nil {
+		return nil
+	}
+	if _, err := g.storeKeyLocked(k); err != nil {
+		g.n.log.Warn("store derived key", "group", g.id.ShortString(), "err", err)
+		return nil
+	}
+	g.keyArrivedLocked(k)
+	return k
+}
+
+// derivedForLocked returns the key derived for add op id, if held.
+func (g *Group) derivedForLocked(id roster.OpID) *keyring.Key {
+	for _, k := range g.ring.Keys() {
+		if k.Meta.AddOp == id && !k.Meta.DerivedFrom.IsZero() {
+			return k
+		}
+	}
+	return nil
+}
+
+// rosterChangedLocked reports membership changes, notices this node's own
+// departure, and arranges a rotation when the roster shrank and nobody
+// holds a qualifying key yet.
+func (g *Group) rosterChangedLocked() {
+	st := g.roster.State()
+	now := st.MemberIDs()
+	var added, removed []peer.ID
+	for _, p := range now {
+		if _, ok := slices.BinarySearch(g.members, p); !ok {
+			added = append(added, p)
+		}
+	}
+	for _, p := range g.members {
+		if _, ok := slices.BinarySearch(now, p); !ok {
+			removed = append(removed, p)
+		}
+	}
+	g.members = now
+	if len(added)+len(removed) > 0 {
+		g.n.events.publish(Event{Kind: EventRoster, Group: g.id, Members: slices.Clone(st.Members), Added: added, Removed: removed})
+	}
+	if !st.IsMember(g.n.self) {
+		if !g.left {
+			g.left = true
+			if err := g.persistRecord(); err != nil {
+				g.n.log.Warn("persist group record", "group", g.id.ShortString(), "err", err)
+			}
+			g.n.events.publish(Event{Kind: EventGroupLeft, Group: g.id})
+			if t := g.topic; t != nil {
+				g.topic = nil
+				// Closing the topic waits on pubsub's event loop, which may be
+				// waiting on this validator: do it elsewhere.
+				g.wg.Add(1)
+				go func() {
+					defer g.wg.Done()
+					_ = t.Close()
+					g.n.mu.Lock()
+					delete(g.n.byTopic, gossip.TopicName(g.id))
+					g.n.mu.Unlock()
+				}()
+			}
+		}
+		return
+	}
+	g.recheckHeldLocked()
+	if len(removed) > 0 && g.sendingKeyLocked() == nil && g.isDesignatedRotatorLocked(st) {
+		g.rotateAt = time.Now().Add(g.n.params.RotationGrace)
+		g.nudge()
+	}
+	g.noteSendingKeyLocked()
+}
+
+// isDesignatedRotatorLocked: after a shrink this node did not cause, the
+// current admin with the lowest peer ID rotates if no qualifying key
+// arrives within RotationGrace. Senders rotate lazily as a last resort.
+func (g *Group) isDesignatedRotatorLocked(st *roster.State) bool {
+	for _, m := range st.Members {
+		if m.Role == roster.RoleAdmin {
+			return m.ID == g.n.self
+		}
+	}
+	return false
+}
+
+// noteSendingKeyLocked emits EventKeyRotated when the sending key changed.
+func (g *Group) noteSendingKeyLocked() {
+	k := g.sendingKeyLocked()
+	if k == nil || k.ID() == g.sendKey {
+		return
+	}
+	g.sendKey = k.ID()
+	g.n.events.publish(Event{Kind: EventKeyRotated, Group: g.id, KeyID: k.ID()})
+}
+
+// rotateLocked generates a key for the current roster state and stores it.
+// The caller distributes it.
+func (g *Group) rotateLocked() (*keyring.Key, error) {
+	st := g.roster.State()
+	k, err := keyring.Generate(g.n.rand, g.id, g.n.self, st.Heads, st.MemberIDs())
+	if err != nil {
+		return nil, err
+	}
+	if _, err := g.storeKeyLocked(k); err != nil {
+		return nil, err
+	}
+	g.rotateAt = time.Time{}
+	g.n.log.Debug("rotated", "group", g.id.ShortString(), "key", k)
+	return k, nil
+}
+
+func (g *Group) emitRotated(k *keyring.Key) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.keyArrivedLocked(k)
+	g.noteSendingKeyLocked()
+}
+
+// signedMetaLocked returns this node's signature over k's metadata.
+func (g *Group) signedMetaLocked(k *keyring.Key) (*wire.Signed, error) {
+	if s, ok := g.signedMeta[k.ID()]; ok {
+		return s, nil
+	}
+	s, err := gossip.SignKeyMeta(g.n.priv, &k.Meta)
+	if err != nil {
+		return nil, err
+	}
+	g.signedMeta[k.ID()] = s
+	return s, nil
+}
+
+// distribute sends k pairwise to each of to (default: every recipient but
+// this node), in parallel, in the background. It never sends to a peer the
+// key's metadata does not entitle.
+func (g *Group) distribute(k *keyring.Key, to []peer.ID) {
+	g.sendKeyTo(k, to, nil)
+}
+
+// maxParallelTransfers bounds concurrent key-transfer streams.
+const maxParallelTransfers = 32
+
+func (g *Group) sendKeyTo(k *keyring.Key, to []peer.ID, requestNonce []byte) {
+	if to == nil {
+		to = k.Meta.Recipients
+	}
+	g.mu.Lock()
+	meta, err := g.signedMetaLocked(k)
+	g.mu.Unlock()
+	if err != nil {
+		g.n.log.Warn("sign key metadata", "err", err)
+		return
+	}
+	t := &wire.KeyTransfer{Key: k.Secret(), Meta: meta, RequestNonce: requestNonce}
+	sem := make(chan struct{}, maxParallelTransfers)
+	for _, p := range to {
+		if p == g.n.self || !k.Meta.IsRecipient(p) {
+			continue
+		}
+		g.goTracked(func() {
+			select {
+			case sem <- struct{}{}:
+			case <-g.ctx.Done():
+				return
+			}
+			defer func() { <-sem }()
+			if err := g.n.streams.SendKey(g.ctx, p, t); err != nil {
+				g.n.log.Debug("key transfer failed", "peer", p.ShortString(), "key", k, "err", err)
+			}
+		})
+	}
+}
+
+// tokenBucket is a small rate limiter driven by the caller's clock.
+type tokenBucket struct {
+	tokens float64
+	last   time.Time
+}
+
+func (b *tokenBucket) take(now time.Time, rate, burst float64) bool {
+	if b.last.IsZero() {
+		b.tokens = burst
+	} else {
+		b.tokens = min(burst, b.tokens+now.Sub(b.last).Seconds()*rate)
+	}
+	b.last = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
+
+func comparePeers(a, b peer.ID) int { return bytes.Compare([]byte(a), []byte(b)) }

@@ -1,0 +1,564 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"slices"
+	"time"
+
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/p2pchat/p2pchat/gossip"
+	"github.com/p2pchat/p2pchat/internal/wire"
+	"github.com/p2pchat/p2pchat/keyring"
+	"github.com/p2pchat/p2pchat/roster"
+)
+
+// Limits on what the node keeps for others.
+const (
+	maxHeldEnvelopes = 1024             // envelopes held for a roster we lack
+	keyRequestRate   = 1.0              // accepted key requests per second per requester
+	keyRequestBurst  = 20.0             // and in a burst
+	keyRequestMaxAge = 10 * time.Minute // older (or future) requests are ignored
+)
+
+// heldEnvelope is a message whose author's roster op has not arrived yet.
+type heldEnvelope struct {
+	from peer.ID
+	env  *gossip.Envelope
+}
+
+// policy is the topic validator's judgement. It runs inline in pubsub, so it
+// only reads state and the store; the reader loop does the work.
+func (g *Group) policy(from peer.ID, in *gossip.Inbound) pubsub.ValidationResult {
+	self := from == g.n.self
+	switch {
+	case in.Envelope != nil:
+		if self {
+			return pubsub.ValidationAccept
+		}
+		return g.judgeEnvelope(from, in.Envelope)
+	case in.Op != nil:
+		if in.Op.Group != g.id {
+			return pubsub.ValidationReject
+		}
+		return pubsub.ValidationAccept
+	case in.KeyRequest != nil:
+		if self {
+			return pubsub.ValidationAccept
+		}
+		return g.judgeKeyRequest(in.KeyRequest)
+	}
+	return pubsub.ValidationReject
+}
+
+func (g *Group) judgeEnvelope(from peer.ID, e *gossip.Envelope) pubsub.ValidationResult {
+	if e.Group != g.id {
+		return pubsub.ValidationReject
+	}
+	g.mu.Lock()
+	member := g.roster.State().IsMember(e.Sender)
+	known := g.roster.Knows(e.RosterHeads)
+	if !member && !known {
+		// The sender names roster ops we have not seen: perhaps its own add.
+		// Keep the message and fetch the roster; do not forward what we
+		// cannot vouch for.
+		if len(g.held) < maxHeldEnvelopes {
+			g.held = append(g.held, heldEnvelope{from: from, env: e})
+		}
+		g.mu.Unlock()
+		g.fetchRoster(from)
+		return pubsub.ValidationIgnore
+	}
+	g.mu.Unlock()
+	if !member {
+		return pubsub.ValidationReject
+	}
+	return g.judgeReplay(e)
+}
+
+// judgeReplay refuses a second, different envelope for a taken slot
+// (equivocation or replay under another nonce) and ignores exact duplicates.
+func (g *Group) judgeReplay(e *gossip.Envelope) pubsub.ValidationResult {
+	b, err := g.n.store.Message(g.id, []byte(e.Sender), e.Seq)
+	if err != nil {
+		return pubsub.ValidationAccept
+	}
+	var rec wire.MessageRecord
+	if proto.Unmarshal(b, &rec) == nil && rec.Envelope != nil && bytes.Equal(rec.Envelope.Body, e.Signed.Body) {
+		return pubsub.ValidationIgnore
+	}
+	return pubsub.ValidationReject
+}
+
+func (g *Group) judgeKeyRequest(r *gossip.KeyRequest) pubsub.ValidationResult {
+	if r.Group != g.id {
+		return pubsub.ValidationReject
+	}
+	now := time.Now()
+	age := now.Sub(time.UnixMilli(r.SentAtMs))
+	if age > keyRequestMaxAge || age < -keyRequestMaxAge {
+		return pubsub.ValidationIgnore
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !g.roster.State().IsMember(r.Requester) {
+		return pubsub.ValidationIgnore
+	}
+	b := g.reqBudget[r.Requester]
+	if b == nil {
+		b = &tokenBucket{}
+		g.reqBudget[r.Requester] = b
+	}
+	if !b.take(now, keyRequestRate, keyRequestBurst) {
+		return pubsub.ValidationIgnore
+	}
+	return pubsub.ValidationAccept
+}
+
+// readLoop handles accepted topic messages until the topic closes.
+func (g *Group) readLoop(t *gossip.Topic) {
+	defer g.wg.Done()
+	for {
+		in, from, err := t.Next(g.ctx, g.n.self)
+		if err != nil {
+			return
+		}
+		switch {
+		case in.Envelope != nil:
+			g.onEnvelope(from, in.Envelope)
+		case in.Op != nil:
+			g.onOps(from, []*roster.Op{in.Op})
+		case in.KeyRequest != nil:
+			g.onKeyRequest(in.KeyRequest)
+		}
+	}
+}
+
+// onEnvelope stores a verified envelope, then shows it: decrypted, or
+// waiting for its key (which it then asks for).
+func (g *Group) onEnvelope(from peer.ID, e *gossip.Envelope) {
+	now := time.Now()
+	rec, err := proto.Marshal(&wire.MessageRecord{Envelope: e.Signed, ReceivedAtMs: now.UnixMilli()})
+	if err != nil {
+		return
+	}
+	stored, _, err := g.n.store.PutMessage(g.id, []byte(e.Sender), e.Seq, rec)
+	if err != nil {
+		g.n.log.Warn("store message", "group", g.id.ShortString(), "err", err)
+		return
+	}
+	if !stored {
+		return
+	}
+	g.mu.Lock()
+	m := g.messageLocked(e, now)
+	if m == nil {
+		g.mu.Unlock()
+		g.markUndecryptable(e, now)
+		return
+	}
+	if m.Status == StatusWaitingForKey {
+		g.waiting[e.KeyID] = append(g.waiting[e.KeyID], msgRef{e.Sender, e.Seq})
+		g.wantKeyLocked(e.KeyID)
+	}
+	g.deliverLocked(m)
+	stale := !g.roster.Knows(e.RosterHeads)
+	g.mu.Unlock()
+	if stale {
+		g.fetchRoster(from)
+	}
+}
+
+// markUndecryptable keeps a member's envelope that fails authentication
+// under a key we hold: it is never shown, but its slot stays taken.
+func (g *Group) markUndecryptable(e *gossip.Envelope, now time.Time) {
+	rec, _ := proto.Marshal(&wire.MessageRecord{Envelope: e.Signed, ReceivedAtMs: now.UnixMilli(), Undecryptable: true})
+	_ = g.n.store.UpdateMessage(g.id, []byte(e.Sender), e.Seq, rec)
+	g.n.log.Warn("message does not decrypt under its key", "group", g.id.ShortString(), "env", e)
+}
+
+// onOps inserts verified roster ops; ops whose parents are missing wait
+// and trigger a roster fetch from the peer that sent them.
+func (g *Group) onOps(from peer.ID, ops []*roster.Op) {
+	g.mu.Lock()
+	var applied []*roster.Op
+	for _, op := range ops {
+		a, err := g.roster.Insert(op)
+		if err != nil {
+			if !errors.Is(err, roster.ErrNotAuthorized) {
+				g.n.log.Debug("roster op refused", "group", g.id.ShortString(), "err", err)
+			}
+			continue
+		}
+		applied = append(applied, a...)
+	}
+	if err := g.appliedLocked(applied); err != nil {
+		g.n.log.Warn("apply roster ops", "group", g.id.ShortString(), "err", err)
+	}
+	missing := g.roster.PendingCount() > 0
+	g.mu.Unlock()
+	if missing && from != "" {
+		g.fetchRoster(from)
+	}
+}
+
+// fetchRoster asks from for the whole roster, once at a time per peer.
+func (g *Group) fetchRoster(from peer.ID) {
+	g.mu.Lock()
+	if g.fetching[from] || from == g.n.self || from == "" {
+		g.mu.Unlock()
+		return
+	}
+	g.fetching[from] = true
+	g.mu.Unlock()
+	g.goTracked(func() {
+		defer func() {
+			g.mu.Lock()
+			delete(g.fetching, from)
+			g.mu.Unlock()
+		}()
+		ops, err := g.fetchRosterOps(g.ctx, from)
+		if err != nil {
+			g.n.log.Debug("roster fetch failed", "peer", from.ShortString(), "err", err)
+			return
+		}
+		g.onOps("", ops)
+	})
+}
+
+func (g *Group) fetchRosterOps(ctx context.Context, from peer.ID) ([]*roster.Op, error) {
+	signed, err := g.n.streams.FetchRoster(ctx, from, g.id)
+	if err != nil {
+		return nil, err
+	}
+	ops := make([]*roster.Op, 0, len(signed))
+	for _, s := range signed {
+		op, err := roster.Decode(s)
+		if err != nil {
+			return nil, err
+		}
+		if op.Group != g.id || op.Kind == roster.KindCreate {
+			continue
+		}
+		ops = append(ops, op)
+	}
+	return ops, nil
+}
+
+// peerLoop syncs the roster with every peer that joins the topic (its ops
+// are verified and must chain to our create op, so a stranger cannot inject
+// anything; it may not even be a member in our view yet). Ops
+// published before the peer's subscription reached us (GossipSub drops
+// those silently) arrive this way.
+func (g *Group) peerLoop(h *pubsub.TopicEventHandler) {
+	defer g.wg.Done()
+	defer h.Cancel()
+	for {
+		ev, err := h.NextPeerEvent(g.ctx)
+		if err != nil {
+			return
+		}
+		if ev.Type == pubsub.PeerJoin {
+			g.fetchRoster(ev.Peer)
+		}
+	}
+}
+
+// recheckHeldLocked delivers held envelopes whose sender the roster now
+// names, and drops those it now rules out.
+func (g *Group) recheckHeldLocked() {
+	if len(g.held) == 0 {
+		return
+	}
+	st := g.roster.State()
+	var keep []heldEnvelope
+	var ready []heldEnvelope
+	for _, h := range g.held {
+		switch {
+		case st.IsMember(h.env.Sender):
+			ready = append(ready, h)
+		case !g.roster.Knows(h.env.RosterHeads):
+			keep = append(keep, h)
+		}
+	}
+	g.held = keep
+	for _, h := range ready {
+		g.goTracked(func() {
+			if g.judgeReplay(h.env) == pubsub.ValidationAccept {
+				g.onEnvelope(h.from, h.env)
+			}
+		})
+	}
+}
+
+// onKeyRequest answers a member's request for a key it is entitled to. A
+// few holders answer the first request, chosen by a hash of its nonce;
+// retries widen the circle, so requests never draw a storm of answers.
+func (g *Group) onKeyRequest(r *gossip.KeyRequest) {
+	g.mu.Lock()
+	k, ok := g.ring.Get(r.KeyID)
+	if !ok || !k.Meta.IsRecipient(r.Requester) || !g.roster.State().IsMember(r.Requester) {
+		g.mu.Unlock()
+		return
+	}
+	var holders []peer.ID
+	for _, p := range k.Meta.Recipients {
+		if p != r.Requester && g.roster.State().IsMember(p) {
+			holders = append(holders, p)
+		}
+	}
+	g.mu.Unlock()
+	if !answersRequest(g.n.self, holders, r) {
+		return
+	}
+	g.sendKeyTo(k, []peer.ID{r.Requester}, r.Nonce)
+}
+
+// answersRequest ranks holders by SHA-256(nonce || peer) and answers when
+// self ranks below 2 << attempt.
+func answersRequest(self peer.ID, holders []peer.ID, r *gossip.KeyRequest) bool {
+	rank := func(p peer.ID) [32]byte { return sha256.Sum256(append(slices.Clone(r.Nonce), p...)) }
+	mine := rank(self)
+	below := 0
+	for _, p := range holders {
+		if p == self {
+			continue
+		}
+		if h := rank(p); bytes.Compare(h[:], mine[:]) < 0 {
+			below++
+		}
+	}
+	limit := 2 << min(r.Attempt, 20)
+	return below < limit
+}
+
+// senderOrder keeps one sender's messages in sequence order for display.
+type senderOrder struct {
+	next     uint64              // next sequence number to show; 0 = not known yet
+	buffered map[uint64]*Message // arrived early, waiting for a gap to fill
+	deadline time.Time           // when buffered messages are shown anyway
+}
+
+// deliverLocked shows m in its sender's sequence order. A message that
+// arrives before an earlier one waits at most ReorderWindow; history sync
+// fills real gaps later, and the late message is shown when it comes.
+func (g *Group) deliverLocked(m *Message) {
+	o := g.order[m.Sender]
+	if o == nil {
+		o = &senderOrder{buffered: make(map[uint64]*Message)}
+		g.order[m.Sender] = o
+	}
+	if o.next == 0 && (m.Seq == 1 || g.hasMessage(m.Sender, m.Seq-1)) {
+		o.next = m.Seq
+	}
+	switch {
+	case o.next != 0 && m.Seq < o.next:
+		g.emitMessage(m) // late: its slot was given up
+	case m.Seq == o.next:
+		g.emitMessage(m)
+		o.next++
+		g.drainLocked(o)
+	default:
+		if len(o.buffered) == 0 {
+			o.deadline = time.Now().Add(g.n.params.ReorderWindow)
+			g.nudge()
+		}
+		o.buffered[m.Seq] = m
+	}
+}
+
+func (g *Group) hasMessage(sender peer.ID, seq uint64) bool {
+	_, err := g.n.store.Message(g.id, []byte(sender), seq)
+	return err == nil
+}
+
+// noteDeliveredLocked records that seq of sender was shown (our own sends).
+func (g *Group) noteDeliveredLocked(sender peer.ID, seq uint64) {
+	o := g.order[sender]
+	if o == nil {
+		o = &senderOrder{buffered: make(map[uint64]*Message)}
+		g.order[sender] = o
+	}
+	o.next = seq + 1
+}
+
+func (g *Group) drainLocked(o *senderOrder) {
+	for {
+		m, ok := o.buffered[o.next]
+		if !ok {
+			return
+		}
+		delete(o.buffered, o.next)
+		g.emitMessage(m)
+		o.next++
+	}
+}
+
+// flushOrderLocked shows buffered messages whose wait has run out, from the
+// lowest sequence number on.
+func (g *Group) flushOrderLocked(now time.Time) (next time.Time) {
+	for _, o := range g.order {
+		if len(o.buffered) == 0 {
+			continue
+		}
+		if now.Before(o.deadline) {
+			if next.IsZero() || o.deadline.Before(next) {
+				next = o.deadline
+			}
+			continue
+		}
+		seqs := make([]uint64, 0, len(o.buffered))
+		for s := range o.buffered {
+			seqs = append(seqs, s)
+		}
+		slices.Sort(seqs)
+		o.next = seqs[0]
+		g.drainLocked(o)
+		if len(o.buffered) > 0 {
+			o.deadline = now.Add(g.n.params.ReorderWindow)
+			if next.IsZero() || o.deadline.Before(next) {
+				next = o.deadline
+			}
+		}
+	}
+	return next
+}
+
+func (g *Group) emitMessage(m *Message) {
+	g.n.events.publish(Event{Kind: EventMessage, Group: g.id, Message: m})
+}
+
+// keyRequest tracks this node's requests for one missing key.
+type keyRequest struct {
+	attempts uint32
+	due      time.Time
+	nonces   [][]byte // nonces of requests sent, newest last
+}
+
+const maxRememberedNonces = 8
+
+// wantKeyLocked schedules a request for a missing key, once per key ID; the
+// first waits KeyRequestDelay so a key already on its way can land first.
+func (g *Group) wantKeyLocked(id keyring.ID) {
+	if _, ok := g.keyReqs[id]; ok {
+		return
+	}
+	g.keyReqs[id] = &keyRequest{due: time.Now().Add(g.n.params.KeyRequestDelay)}
+	g.nudge()
+}
+
+// answeredRequestLocked reports whether nonce belongs to one of our
+// requests for key id.
+func (g *Group) answeredRequestLocked(id keyring.ID, nonce []byte) bool {
+	r, ok := g.keyReqs[id]
+	if !ok || len(nonce) == 0 {
+		return false
+	}
+	for _, n := range r.nonces {
+		if bytes.Equal(n, nonce) {
+			return true
+		}
+	}
+	return false
+}
+
+// timerLoop runs the group's timed work: key requests with backoff, the
+// designated rotation, and the reorder window.
+func (g *Group) timerLoop() {
+	defer g.wg.Done()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		next := g.tick(time.Now())
+		wait := time.Hour
+		if !next.IsZero() {
+			wait = max(time.Until(next), time.Millisecond)
+		}
+		timer.Reset(wait)
+		select {
+		case <-g.ctx.Done():
+			return
+		case <-g.wake:
+		case <-timer.C:
+		}
+	}
+}
+
+// tick does what is due at now and returns when to run next.
+func (g *Group) tick(now time.Time) time.Time {
+	type send struct {
+		req *gossip.KeyRequest
+	}
+	var sends []send
+	var rotated *keyring.Key
+
+	g.mu.Lock()
+	next := g.flushOrderLocked(now)
+	earliest := func(t time.Time) {
+		if !t.IsZero() && (next.IsZero() || t.Before(next)) {
+			next = t
+		}
+	}
+	if !g.left {
+		for id, r := range g.keyReqs {
+			if _, held := g.ring.Get(id); held {
+				delete(g.keyReqs, id)
+				continue
+			}
+			if now.Before(r.due) {
+				earliest(r.due)
+				continue
+			}
+			req, err := gossip.NewKeyRequest(g.n.rand, g.n.priv, g.id, id, r.attempts, now.UnixMilli())
+			if err != nil {
+				continue
+			}
+			r.nonces = append(r.nonces, req.Nonce)
+			if len(r.nonces) > maxRememberedNonces {
+				r.nonces = r.nonces[1:]
+			}
+			backoff := g.n.params.KeyRequestDelay << min(r.attempts+2, 16)
+			r.attempts++
+			r.due = now.Add(min(backoff, g.n.params.KeyRequestMaxBackoff))
+			earliest(r.due)
+			sends = append(sends, send{req})
+		}
+		if !g.rotateAt.IsZero() {
+			if now.Before(g.rotateAt) {
+				earliest(g.rotateAt)
+			} else if g.sendingKeyLocked() == nil && g.roster.State().IsMember(g.n.self) {
+				k, err := g.rotateLocked()
+				if err == nil {
+					rotated = k
+				}
+			} else {
+				g.rotateAt = time.Time{}
+			}
+		}
+	}
+	t := g.topic
+	g.mu.Unlock()
+
+	if rotated != nil {
+		g.emitRotated(rotated)
+		g.distribute(rotated, nil)
+	}
+	for _, s := range sends {
+		if t == nil {
+			break
+		}
+		ctx, cancel := context.WithTimeout(g.ctx, 5*time.Second)
+		err := t.Publish(ctx, &wire.TopicMessage{Payload: &wire.TopicMessage_KeyRequest{KeyRequest: s.req.Signed}})
+		cancel()
+		if err != nil {
+			g.n.log.Debug("publish key request", "err", err)
+		}
+	}
+	return next
+}
+

@@ -1,0 +1,222 @@
+package node
+
+import (
+	"cmp"
+	"context"
+	"slices"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/p2pchat/p2pchat/gossip"
+	"github.com/p2pchat/p2pchat/internal/wire"
+	"github.com/p2pchat/p2pchat/keyring"
+	"github.com/p2pchat/p2pchat/roster"
+)
+
+// orphanKey is a key transfer for a group this node has not joined yet: the
+// adder sends the new member its key right after the add, often before the
+// member has fetched the roster. It is checked like any transfer on join.
+type orphanKey struct {
+	from     peer.ID
+	key      *keyring.Key
+	received time.Time
+}
+
+const (
+	maxOrphanKeys = 64
+	orphanKeyTTL  = 10 * time.Minute
+)
+
+// handleKeyTransfer receives a key over the key stream from an
+// authenticated peer and reports whether it was accepted.
+func (n *Node) handleKeyTransfer(from peer.ID, t *wire.KeyTransfer) bool {
+	meta, signer, err := gossip.OpenKeyMeta(t.Meta)
+	if err != nil || signer != from {
+		return false
+	}
+	if !meta.IsRecipient(n.self) {
+		return false
+	}
+	key, err := keyring.FromSecret(t.Key, meta)
+	if err != nil {
+		return false
+	}
+	g, ok := n.Group(meta.Group)
+	if !ok {
+		n.keepOrphan(from, key)
+		return false
+	}
+	return g.acceptKey(from, key, t.RequestNonce)
+}
+
+func (n *Node) keepOrphan(from peer.ID, key *keyring.Key) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	now := time.Now()
+	n.orphans = slices.DeleteFunc(n.orphans, func(o orphanKey) bool { return now.Sub(o.received) > orphanKeyTTL })
+	if len(n.orphans) >= maxOrphanKeys {
+		n.orphans = n.orphans[1:]
+	}
+	n.orphans = append(n.orphans, orphanKey{from: from, key: key, received: now})
+}
+
+// adoptOrphanKeys checks the keys that arrived for g before it was joined.
+func (n *Node) adoptOrphanKeys(g *Group) {
+	n.mu.Lock()
+	var mine []orphanKey
+	n.orphans = slices.DeleteFunc(n.orphans, func(o orphanKey) bool {
+		if o.key.Meta.Group == g.id {
+			mine = append(mine, o)
+			return true
+		}
+		return false
+	})
+	n.mu.Unlock()
+	for _, o := range mine {
+		g.acceptKey(o.from, o.key, nil)
+	}
+}
+
+// acceptKey admits a key received from a peer. The key already matches its
+// ID and names this node as a recipient. It is accepted only if its
+// recipients are exactly the members of the roster state it names, its
+// creator was a member there, and it either answers one of our requests or
+// comes from a current member entitled to it.
+func (g *Group) acceptKey(from peer.ID, k *keyring.Key, requestNonce []byte) bool {
+	g.mu.Lock()
+	if _, ok := g.ring.Get(k.ID()); ok {
+		g.mu.Unlock()
+		return true
+	}
+	known := g.roster.Knows(k.Meta.RosterHeads)
+	g.mu.Unlock()
+	if !known {
+		// The key is for roster ops we have not seen; the sender has them.
+		ctx, cancel := context.WithTimeout(g.ctx, gossip.StreamTimeout)
+		ops, err := g.fetchRosterOps(ctx, from)
+		cancel()
+		if err != nil {
+			return false
+		}
+		g.onOps("", ops)
+	}
+
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if _, ok := g.ring.Get(k.ID()); ok {
+		return true
+	}
+	if !g.keyEntitlementValidLocked(k) {
+		return false
+	}
+	current := g.roster.State()
+	solicited := g.answeredRequestLocked(k.ID(), requestNonce)
+	entitledSender := k.Meta.IsRecipient(from)
+	if !current.IsMember(from) || !(solicited || entitledSender) {
+		return false
+	}
+	if _, err := g.storeKeyLocked(k); err != nil {
+		g.n.log.Warn("store key", "group", g.id.ShortString(), "err", err)
+		return false
+	}
+	g.keyArrivedLocked(k)
+	g.noteSendingKeyLocked()
+	return true
+}
+
+// keyEntitlementValidLocked checks a key's metadata against the roster.
+func (g *Group) keyEntitlementValidLocked(k *keyring.Key) bool {
+	m := &k.Meta
+	if !g.roster.Knows(m.RosterHeads) {
+		return false
+	}
+	st, err := g.roster.StateAt(m.RosterHeads)
+	if err != nil {
+		return false
+	}
+	if !slices.Equal(st.MemberIDs(), m.Recipients) || !st.IsMember(m.Creator) {
+		return false
+	}
+	if !m.DerivedFrom.IsZero() {
+		// A derived key belongs to exactly one add op, made by its creator.
+		op, ok := g.roster.Op(m.AddOp)
+		if !ok || op.Kind != roster.KindAdd || op.Author != m.Creator ||
+			len(m.RosterHeads) != 1 || m.RosterHeads[0] != m.AddOp ||
+			keyring.ID(op.ParentKeyID) != m.DerivedFrom {
+			return false
+		}
+	}
+	return true
+}
+
+// keyArrivedLocked reacts to a key that just entered the ring: derive the
+// keys of add ops that name it as parent, then decrypt and show the
+// messages that waited for it (and for the keys derived from it).
+func (g *Group) keyArrivedLocked(k *keyring.Key) {
+	delete(g.keyReqs, k.ID())
+	for _, op := range g.roster.Ops() {
+		if op.Kind == roster.KindAdd && len(op.ParentKeyID) == 32 && keyring.ID(op.ParentKeyID) == k.ID() {
+			if g.derivedForLocked(op.ID) == nil {
+				g.deriveLocked(op)
+			}
+		}
+	}
+	refs := g.waiting[k.ID()]
+	if len(refs) == 0 {
+		return
+	}
+	delete(g.waiting, k.ID())
+	slices.SortFunc(refs, func(a, b msgRef) int {
+		if c := comparePeers(a.sender, b.sender); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.seq, b.seq)
+	})
+	for _, ref := range refs {
+		b, err := g.n.store.Message(g.id, []byte(ref.sender), ref.seq)
+		if err != nil {
+			continue
+		}
+		var rec wire.MessageRecord
+		if proto.Unmarshal(b, &rec) != nil {
+			continue
+		}
+		e, err := gossip.OpenEnvelope(rec.Envelope)
+		if err != nil {
+			continue
+		}
+		m := g.messageLocked(e, time.UnixMilli(rec.ReceivedAtMs))
+		if m == nil {
+			g.markUndecryptable(e, time.UnixMilli(rec.ReceivedAtMs))
+			continue
+		}
+		if o := g.order[ref.sender]; o != nil {
+			if buf, ok := o.buffered[ref.seq]; ok {
+				*buf = *m // not shown yet: it will be shown decrypted
+				continue
+			}
+		}
+		g.n.events.publish(Event{Kind: EventMessageDecrypted, Group: g.id, Message: m})
+	}
+}
+
+// handleRosterRequest serves a group's roster to a current member.
+func (n *Node) handleRosterRequest(from peer.ID, group [32]byte) ([]*wire.Signed, bool) {
+	g, ok := n.Group(roster.GroupID(group))
+	if !ok {
+		return nil, false
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !g.roster.State().IsMember(from) {
+		return nil, false
+	}
+	ops := g.roster.Ops()
+	out := make([]*wire.Signed, 0, len(ops))
+	for _, op := range ops {
+		out = append(out, op.Signed)
+	}
+	return out, true
+}

@@ -1,0 +1,490 @@
+// Package node is p2pchat's embeddable API: one Node per libp2p host, one
+// Group per joined group. It is the only package that wires host, pubsub,
+// store, roster, keyring and gossip together, and it owns every goroutine it
+// starts: Close stops them all.
+//
+// It holds the policy the other packages leave open: who may send, which key
+// to send with, when to rotate, whom to answer. It must never send a group key
+// to a peer the key's metadata does not entitle, never accept a key that does
+// not match its ID, never show a message whose signature it has not verified,
+// and never log message text or key bytes.
+package node
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p"
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/p2pchat/p2pchat/gossip"
+	"github.com/p2pchat/p2pchat/internal/wire"
+	"github.com/p2pchat/p2pchat/roster"
+	"github.com/p2pchat/p2pchat/store"
+)
+
+var (
+	// ErrClosed means the node has been closed.
+	ErrClosed = errors.New("node is closed")
+	// ErrUnknownGroup means this node has not joined the group.
+	ErrUnknownGroup = errors.New("unknown group")
+	// ErrNotMember means this node (or the named peer) is not a member.
+	ErrNotMember = errors.New("not a member")
+	// ErrNotAdmin means the operation needs the admin role.
+	ErrNotAdmin = errors.New("not an admin")
+	// ErrAlreadyMember means the peer is already a member.
+	ErrAlreadyMember = errors.New("already a member")
+	// ErrTooLarge means a message over the size limit.
+	ErrTooLarge = gossip.ErrTooLarge
+)
+
+// Config configures a Node. The zero value works: a fresh in-memory node on
+// its own host listening on all interfaces.
+type Config struct {
+	// Dir holds the identity and the database. Empty keeps everything in
+	// memory (state is lost on Close).
+	Dir string
+	// Identity overrides the identity stored in Dir. It must be Ed25519.
+	Identity crypto.PrivKey
+	// Host and PubSub let an embedding program supply its own. Both or
+	// neither. The host's identity must be Ed25519. If the pubsub signs
+	// messages itself (StrictSign, the default), each message carries two
+	// signatures; create it with gossip.PubSubOptions() to avoid that.
+	Host   host.Host
+	PubSub *pubsub.PubSub
+	// ListenAddrs for a node-created host. Default: TCP and QUIC on all
+	// interfaces, any port.
+	ListenAddrs []string
+	// HostOptions are extra options for a node-created host.
+	HostOptions []libp2p.Option
+	// Logger receives diagnostics; nil discards them. Nothing secret is logged.
+	Logger *slog.Logger
+	// Params tunes timing; zero fields take DefaultParams values.
+	Params Params
+	// Rand is the source of randomness; nil means crypto/rand.
+	Rand io.Reader
+}
+
+// Params are the node's timing knobs.
+type Params struct {
+	// KeyRequestDelay is how long a message may wait for a pushed key before
+	// the node asks the group for it.
+	KeyRequestDelay time.Duration
+	// KeyRequestMaxBackoff caps the doubling delay between repeated requests.
+	KeyRequestMaxBackoff time.Duration
+	// RotationGrace is how long the designated member waits for a qualifying
+	// key after someone else's removal before it rotates itself.
+	RotationGrace time.Duration
+	// ReorderWindow is how long a message waits for an earlier message of
+	// the same sender before it is shown anyway.
+	ReorderWindow time.Duration
+}
+
+// DefaultParams returns the defaults.
+func DefaultParams() Params {
+	return Params{
+		KeyRequestDelay:      150 * time.Millisecond,
+		KeyRequestMaxBackoff: 30 * time.Second,
+		RotationGrace:        time.Second,
+		ReorderWindow:        500 * time.Millisecond,
+	}
+}
+
+func (p Params) withDefaults() Params {
+	d := DefaultParams()
+	if p.KeyRequestDelay <= 0 {
+		p.KeyRequestDelay = d.KeyRequestDelay
+	}
+	if p.KeyRequestMaxBackoff <= 0 {
+		p.KeyRequestMaxBackoff = d.KeyRequestMaxBackoff
+	}
+	if p.RotationGrace <= 0 {
+		p.RotationGrace = d.RotationGrace
+	}
+	if p.ReorderWindow <= 0 {
+		p.ReorderWindow = d.ReorderWindow
+	}
+	return p
+}
+
+// Node is a p2pchat peer. It is safe for concurrent use.
+type Node struct {
+	priv    crypto.PrivKey
+	self    peer.ID
+	host    host.Host
+	ps      *pubsub.PubSub
+	store   *store.Store
+	streams *gossip.Streams
+	log     *slog.Logger
+	params  Params
+	rand    io.Reader
+	events  *hub
+
+	ownsHost bool
+	ctx      context.Context // cancelled by Close; parent of every goroutine
+	cancel   context.CancelFunc
+
+	mu       sync.Mutex
+	groups   map[roster.GroupID]*Group
+	byTopic  map[string]*Group
+	orphans  []orphanKey // key transfers for groups not joined yet
+	closed   bool
+	closeErr error
+}
+
+// New starts a node. ctx bounds start-up only; the node runs until Close.
+func New(ctx context.Context, cfg Config) (*Node, error) {
+	if (cfg.Host == nil) != (cfg.PubSub == nil) {
+		return nil, errors.New("node: Config.Host and Config.PubSub go together")
+	}
+	n := &Node{
+		log:     cfg.Logger,
+		params:  cfg.Params.withDefaults(),
+		rand:    cfg.Rand,
+		events:  newHub(),
+		groups:  make(map[roster.GroupID]*Group),
+		byTopic: make(map[string]*Group),
+	}
+	if n.log == nil {
+		n.log = slog.New(slog.DiscardHandler)
+	}
+	if n.rand == nil {
+		n.rand = rand.Reader
+	}
+	n.ctx, n.cancel = context.WithCancel(context.Background())
+	ok := false
+	defer func() {
+		if !ok {
+			n.cancel()
+			if n.streams != nil {
+				n.streams.Close()
+			}
+			if n.ownsHost && n.host != nil {
+				_ = n.host.Close()
+			}
+			if n.store != nil {
+				_ = n.store.Close()
+			}
+		}
+	}()
+
+	var err error
+	switch {
+	case cfg.Host != nil:
+		n.host, n.ps = cfg.Host, cfg.PubSub
+		n.priv = cfg.Host.Peerstore().PrivKey(cfg.Host.ID())
+		if n.priv == nil {
+			return nil, errors.New("node: the supplied host's private key is not in its peerstore")
+		}
+	case cfg.Identity != nil:
+		n.priv = cfg.Identity
+	case cfg.Dir != "":
+		if n.priv, err = loadOrCreateIdentity(filepath.Join(cfg.Dir, "identity.key"), n.rand); err != nil {
+			return nil, err
+		}
+	default:
+		if n.priv, _, err = crypto.GenerateEd25519Key(n.rand); err != nil {
+			return nil, fmt.Errorf("node: generate identity: %w", err)
+		}
+	}
+	if n.priv.Type() != crypto.Ed25519 {
+		return nil, errors.New("node: identity must be an Ed25519 key")
+	}
+	if n.self, err = peer.IDFromPrivateKey(n.priv); err != nil {
+		return nil, fmt.Errorf("node: identity: %w", err)
+	}
+
+	dbDir := ""
+	if cfg.Dir != "" {
+		if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+			return nil, fmt.Errorf("node: create home: %w", err)
+		}
+		dbDir = filepath.Join(cfg.Dir, "data")
+	}
+	if n.store, err = store.Open(dbDir); err != nil {
+		return nil, fmt.Errorf("node: %w", err)
+	}
+
+	if n.host == nil {
+		listen := cfg.ListenAddrs
+		if len(listen) == 0 {
+			listen = []string{"/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1", "/ip6/::/tcp/0", "/ip6/::/udp/0/quic-v1"}
+		}
+		opts := append([]libp2p.Option{libp2p.Identity(n.priv), libp2p.ListenAddrStrings(listen...)}, cfg.HostOptions...)
+		if n.host, err = libp2p.New(opts...); err != nil {
+			return nil, fmt.Errorf("node: start host: %w", err)
+		}
+		n.ownsHost = true
+		psOpts := append(gossip.PubSubOptions(), pubsub.WithPeerFilter(n.peerFilter))
+		if n.ps, err = pubsub.NewGossipSub(n.ctx, n.host, psOpts...); err != nil {
+			return nil, fmt.Errorf("node: start pubsub: %w", err)
+		}
+	}
+	n.streams = gossip.NewStreams(n.host, gossip.Handlers{Key: n.handleKeyTransfer, Roster: n.handleRosterRequest})
+
+	if err := n.loadGroups(); err != nil {
+		return nil, err
+	}
+	ok = true
+	return n, nil
+}
+
+// loadOrCreateIdentity reads the identity file, or creates it (mode 0600).
+func loadOrCreateIdentity(path string, rnd io.Reader) (crypto.PrivKey, error) {
+	b, err := os.ReadFile(path)
+	if err == nil {
+		k, err := crypto.UnmarshalPrivateKey(b)
+		if err != nil {
+			return nil, fmt.Errorf("node: identity file %s is corrupt: %w", path, err)
+		}
+		return k, nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("node: read identity: %w", err)
+	}
+	priv, _, err := crypto.GenerateEd25519Key(rnd)
+	if err != nil {
+		return nil, fmt.Errorf("node: generate identity: %w", err)
+	}
+	b, err = crypto.MarshalPrivateKey(priv)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("node: create home: %w", err)
+	}
+	// Write to a temporary file and rename, so a crash never leaves a
+	// truncated identity behind.
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return nil, fmt.Errorf("node: write identity: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return nil, fmt.Errorf("node: write identity: %w", err)
+	}
+	return priv, nil
+}
+
+// ID is this node's peer ID: its member identity.
+func (n *Node) ID() peer.ID { return n.self }
+
+// Host is the libp2p host the node runs on.
+func (n *Node) Host() host.Host { return n.host }
+
+// Subscribe returns a subscription to every event of this node.
+func (n *Node) Subscribe() *Subscription { return n.events.subscribe() }
+
+// Close stops every group, the protocol handlers and, when the node created
+// them, pubsub and the host; then closes the store. It is idempotent.
+func (n *Node) Close() error {
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return n.closeErr
+	}
+	n.closed = true
+	groups := make([]*Group, 0, len(n.groups))
+	for _, g := range n.groups {
+		groups = append(groups, g)
+	}
+	n.mu.Unlock()
+
+	n.streams.Close()
+	for _, g := range groups {
+		g.stop()
+	}
+	n.cancel()
+	var errs []error
+	if n.ownsHost {
+		errs = append(errs, n.host.Close())
+	}
+	n.events.closeAll()
+	errs = append(errs, n.store.Close())
+	n.closeErr = errors.Join(errs...)
+	return n.closeErr
+}
+
+// Group returns a joined group.
+func (n *Node) Group(id roster.GroupID) (*Group, bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	g, ok := n.groups[id]
+	return g, ok
+}
+
+// Groups returns every joined group, including ones this node has left
+// (kept for reading their history).
+func (n *Node) Groups() []*Group {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	out := make([]*Group, 0, len(n.groups))
+	for _, g := range n.groups {
+		out = append(out, g)
+	}
+	return out
+}
+
+// peerFilter lets GossipSub exchange a group's topic only with peers the
+// group's roster names. Secrecy does not depend on it.
+func (n *Node) peerFilter(p peer.ID, topic string) bool {
+	n.mu.Lock()
+	g, ok := n.byTopic[topic]
+	n.mu.Unlock()
+	if !ok {
+		return true
+	}
+	return g.isMember(p)
+}
+
+// CreateGroup founds a new group with this node as its admin.
+func (n *Node) CreateGroup(ctx context.Context, name string) (*Group, error) {
+	nonce := make([]byte, 16)
+	if _, err := io.ReadFull(n.rand, nonce); err != nil {
+		return nil, err
+	}
+	op, err := roster.NewCreate(n.priv, name, nonce)
+	if err != nil {
+		return nil, err
+	}
+	r, err := roster.New(op)
+	if err != nil {
+		return nil, err
+	}
+	if err := n.store.PutOp(op.ID, op.ID, op.Marshal()); err != nil {
+		return nil, err
+	}
+	g, err := n.startGroup(r, false, true)
+	if err != nil {
+		return nil, err
+	}
+	g.mu.Lock()
+	k, err := g.rotateLocked()
+	g.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	g.emitRotated(k)
+	return g, nil
+}
+
+// JoinGroup joins a group this node has been added to: it connects to via,
+// fetches the roster, checks that this node is a member and subscribes.
+func (n *Node) JoinGroup(ctx context.Context, id roster.GroupID, via peer.AddrInfo) (*Group, error) {
+	if g, ok := n.Group(id); ok && !g.hasLeft() {
+		return g, nil
+	}
+	if err := n.host.Connect(ctx, via); err != nil {
+		return nil, fmt.Errorf("connect to %s: %w", via.ID.ShortString(), err)
+	}
+	signed, err := n.streams.FetchRoster(ctx, via.ID, id)
+	if err != nil {
+		return nil, fmt.Errorf("fetch roster from %s: %w", via.ID.ShortString(), err)
+	}
+	r, err := rosterFromSigned(id, signed)
+	if err != nil {
+		return nil, fmt.Errorf("roster from %s: %w", via.ID.ShortString(), err)
+	}
+	if !r.State().IsMember(n.self) {
+		return nil, fmt.Errorf("%w of group %s", ErrNotMember, id.ShortString())
+	}
+	for _, op := range r.Ops() {
+		if err := n.store.PutOp(id, op.ID, op.Marshal()); err != nil {
+			return nil, err
+		}
+	}
+	if old, ok := n.Group(id); ok {
+		old.stop()
+	}
+	g, err := n.startGroup(r, false, true)
+	if err != nil {
+		return nil, err
+	}
+	n.adoptOrphanKeys(g)
+	return g, nil
+}
+
+// rosterFromSigned builds a roster from signed ops (verifying each).
+func rosterFromSigned(id roster.GroupID, signed []*wire.Signed) (*roster.Roster, error) {
+	var r *roster.Roster
+	var rest []*roster.Op
+	for _, s := range signed {
+		op, err := roster.Decode(s)
+		if err != nil {
+			return nil, err
+		}
+		if op.Kind == roster.KindCreate {
+			if op.ID != id || r != nil {
+				continue
+			}
+			if r, err = roster.New(op); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		rest = append(rest, op)
+	}
+	if r == nil {
+		return nil, fmt.Errorf("%w: no create op for the group", roster.ErrMalformed)
+	}
+	for _, op := range rest {
+		if _, err := r.Insert(op); err != nil && !errors.Is(err, roster.ErrNotAuthorized) {
+			return nil, err
+		}
+	}
+	return r, nil
+}
+
+// loadGroups restores every stored group at start.
+func (n *Node) loadGroups() error {
+	type stored struct {
+		id  roster.GroupID
+		rec *wire.GroupRecord
+	}
+	var list []stored
+	err := n.store.Groups(func(gid [32]byte, b []byte) error {
+		var rec wire.GroupRecord
+		if err := proto.Unmarshal(b, &rec); err != nil {
+			return fmt.Errorf("group record %x: %w", gid[:4], err)
+		}
+		list = append(list, stored{roster.GroupID(gid), &rec})
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("node: load groups: %w", err)
+	}
+	for _, s := range list {
+		var signed []*wire.Signed
+		err := n.store.Ops(s.id, func(b []byte) error {
+			var sg wire.Signed
+			if err := proto.Unmarshal(b, &sg); err != nil {
+				return err
+			}
+			signed = append(signed, &sg)
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("node: load roster: %w", err)
+		}
+		r, err := rosterFromSigned(s.id, signed)
+		if err != nil {
+			return fmt.Errorf("node: load roster of %s: %w", s.id.ShortString(), err)
+		}
+		if _, err := n.startGroup(r, s.rec.Left, false); err != nil {
+			return err
+		}
+	}
+	return nil
+}

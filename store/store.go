@@ -1,0 +1,310 @@
+// Package store is p2pchat's persistence: the one place that knows how
+// groups, roster ops, keys and messages are laid out in badger.
+//
+// It stores bytes and knows no protocol rules: callers verify everything
+// before they write it. Every write is synced to disk before it returns
+// (SyncWrites), so what a caller acted on survives a crash. It must never log
+// stored values: they include key material.
+package store
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+
+	badger "github.com/dgraph-io/badger/v4"
+)
+
+// ErrNotFound means the requested record does not exist.
+var ErrNotFound = errors.New("not found")
+
+// Store is a badger database. It is safe for concurrent use.
+type Store struct {
+	db *badger.DB
+}
+
+// Open opens (creating if needed) the database in dir. An empty dir keeps
+// everything in memory, for tests and throwaway nodes.
+func Open(dir string) (*Store, error) {
+	opts := badger.DefaultOptions(dir).
+		WithLogger(nil).
+		WithSyncWrites(true).
+		WithMetricsEnabled(false).
+		// Desktop-sized: the defaults are sized for servers.
+		WithMemTableSize(8 << 20).
+		WithBlockCacheSize(8 << 20).
+		WithIndexCacheSize(4 << 20).
+		WithValueLogFileSize(64 << 20).
+		WithNumMemtables(2).
+		WithNumLevelZeroTables(2).
+		WithNumLevelZeroTablesStall(4).
+		WithNumCompactors(2)
+	if dir == "" {
+		opts = opts.WithInMemory(true)
+	} else if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create store dir: %w", err)
+	}
+	db, err := badger.Open(opts)
+	if err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	return &Store{db: db}, nil
+}
+
+// Close flushes and closes the database. Call it once, after all other calls
+// have returned.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Key layout. Every key starts with a one-byte table tag; group-scoped keys
+// continue with the 32-byte group ID.
+const (
+	tagGroup   byte = 'g' // g gid -> group record
+	tagOp      byte = 'o' // o gid opid -> signed op
+	tagKey     byte = 'k' // k gid keyid -> key record
+	tagMsg     byte = 'm' // m gid sender-len sender seq(8) -> message record
+	tagLog     byte = 'l' // l gid index(8) -> m-key suffix (sender-len sender seq)
+	tagCounter byte = 'c' // c gid name -> uint64
+)
+
+func groupKey(tag byte, gid [32]byte, rest ...[]byte) []byte {
+	k := make([]byte, 0, 33+64)
+	k = append(k, tag)
+	k = append(k, gid[:]...)
+	for _, r := range rest {
+		k = append(k, r...)
+	}
+	return k
+}
+
+func u64(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
+
+func senderSeq(sender []byte, seq uint64) []byte {
+	b := make([]byte, 0, 1+len(sender)+8)
+	b = append(b, byte(len(sender)))
+	b = append(b, sender...)
+	return binary.BigEndian.AppendUint64(b, seq)
+}
+
+func (s *Store) put(k, v []byte) error {
+	return s.db.Update(func(txn *badger.Txn) error { return txn.Set(k, v) })
+}
+
+func (s *Store) get(k []byte) ([]byte, error) {
+	var v []byte
+	err := s.db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get(k)
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return ErrNotFound
+		}
+		if err != nil {
+			return err
+		}
+		v, err = item.ValueCopy(nil)
+		return err
+	})
+	return v, err
+}
+
+// scan calls fn for every key with prefix, in key order, with the key's
+// suffix after the prefix and a copy of the value.
+func (s *Store) scan(prefix []byte, fn func(suffix, value []byte) error) error {
+	return s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: true, PrefetchSize: 64})
+		defer it.Close()
+		for it.Seek(prefix); it.ValidForPrefix(prefix); it.Next() {
+			item := it.Item()
+			v, err := item.ValueCopy(nil)
+			if err != nil {
+				return err
+			}
+			if err := fn(item.KeyCopy(nil)[len(prefix):], v); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// PutGroup writes a group's record (an encoding chosen by the caller).
+func (s *Store) PutGroup(gid [32]byte, record []byte) error {
+	return s.put(groupKey(tagGroup, gid), record)
+}
+
+// DeleteGroup removes a group and everything stored under it.
+func (s *Store) DeleteGroup(gid [32]byte) error {
+	for _, tag := range []byte{tagGroup, tagOp, tagKey, tagMsg, tagLog, tagCounter} {
+		if err := s.db.DropPrefix(groupKey(tag, gid)); err != nil {
+			return fmt.Errorf("delete group: %w", err)
+		}
+	}
+	return nil
+}
+
+// Groups calls fn for every group record.
+func (s *Store) Groups(fn func(gid [32]byte, record []byte) error) error {
+	return s.scan([]byte{tagGroup}, func(suffix, v []byte) error {
+		if len(suffix) != 32 {
+			return nil
+		}
+		return fn([32]byte(suffix), v)
+	})
+}
+
+// PutOp writes a signed roster op.
+func (s *Store) PutOp(gid, opID [32]byte, signed []byte) error {
+	return s.put(groupKey(tagOp, gid, opID[:]), signed)
+}
+
+// Ops calls fn for every stored roster op of a group.
+func (s *Store) Ops(gid [32]byte, fn func(signed []byte) error) error {
+	return s.scan(groupKey(tagOp, gid), func(_, v []byte) error { return fn(v) })
+}
+
+// PutKey writes a key record (secret and metadata, encoded by the caller).
+func (s *Store) PutKey(gid, keyID [32]byte, record []byte) error {
+	return s.put(groupKey(tagKey, gid, keyID[:]), record)
+}
+
+// Keys calls fn for every key record of a group.
+func (s *Store) Keys(gid [32]byte, fn func(record []byte) error) error {
+	return s.scan(groupKey(tagKey, gid), func(_, v []byte) error { return fn(v) })
+}
+
+// PutMessage writes the record of message seq from sender, once: it reports
+// false, writing nothing, when that slot is already taken, and returns the
+// stored record so the caller can tell a duplicate from an equivocation. New
+// messages also get the next position in the group's arrival log.
+func (s *Store) PutMessage(gid [32]byte, sender []byte, seq uint64, record []byte) (stored bool, existing []byte, err error) {
+	ss := senderSeq(sender, seq)
+	mk := groupKey(tagMsg, gid, ss)
+	ck := groupKey(tagCounter, gid, []byte("log"))
+	for {
+		err = s.db.Update(func(txn *badger.Txn) error {
+			item, err := txn.Get(mk)
+			if err == nil {
+				existing, err = item.ValueCopy(nil)
+				return err
+			}
+			if !errors.Is(err, badger.ErrKeyNotFound) {
+				return err
+			}
+			next, err := counterIn(txn, ck)
+			if err != nil {
+				return err
+			}
+			if err := txn.Set(ck, u64(next+1)); err != nil {
+				return err
+			}
+			if err := txn.Set(groupKey(tagLog, gid, u64(next)), ss); err != nil {
+				return err
+			}
+			stored = true
+			return txn.Set(mk, record)
+		})
+		if !errors.Is(err, badger.ErrConflict) {
+			return stored, existing, err
+		}
+		stored, existing = false, nil
+	}
+}
+
+// UpdateMessage replaces the record of an existing message (its status
+// changed); the arrival position stays.
+func (s *Store) UpdateMessage(gid [32]byte, sender []byte, seq uint64, record []byte) error {
+	return s.put(groupKey(tagMsg, gid, senderSeq(sender, seq)), record)
+}
+
+// Message returns the record of message seq from sender.
+func (s *Store) Message(gid [32]byte, sender []byte, seq uint64) ([]byte, error) {
+	return s.get(groupKey(tagMsg, gid, senderSeq(sender, seq)))
+}
+
+// Messages calls fn for every message of a group in arrival order.
+func (s *Store) Messages(gid [32]byte, fn func(record []byte) error) error {
+	return s.db.View(func(txn *badger.Txn) error {
+		prefix := groupKey(tagLog, gid)
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+		defer it.Close()
+		for it.Seek(prefix); it.ValidForPrefix(prefix); it.Next() {
+			ss, err := it.Item().ValueCopy(nil)
+			if err != nil {
+				return err
+			}
+			item, err := txn.Get(append(groupKey(tagMsg, gid), ss...))
+			if err != nil {
+				return fmt.Errorf("message log points at a missing message: %w", err)
+			}
+			v, err := item.ValueCopy(nil)
+			if err != nil {
+				return err
+			}
+			if err := fn(v); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// SenderMessages calls fn for every message from sender, in sequence order.
+func (s *Store) SenderMessages(gid [32]byte, sender []byte, fn func(seq uint64, record []byte) error) error {
+	prefix := groupKey(tagMsg, gid, []byte{byte(len(sender))}, sender)
+	return s.scan(prefix, func(suffix, v []byte) error {
+		if len(suffix) != 8 {
+			return nil
+		}
+		return fn(binary.BigEndian.Uint64(suffix), v)
+	})
+}
+
+func counterIn(txn *badger.Txn, k []byte) (uint64, error) {
+	item, err := txn.Get(k)
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	var v uint64
+	err = item.Value(func(b []byte) error {
+		if len(b) != 8 {
+			return errors.New("corrupt counter")
+		}
+		v = binary.BigEndian.Uint64(b)
+		return nil
+	})
+	return v, err
+}
+
+// NextCounter atomically increments the named per-group counter and returns
+// its new value (the first call returns 1). The increment is on disk before
+// it returns, so a number handed out is never handed out again.
+func (s *Store) NextCounter(gid [32]byte, name string) (uint64, error) {
+	k := groupKey(tagCounter, gid, []byte(name))
+	for {
+		var next uint64
+		err := s.db.Update(func(txn *badger.Txn) error {
+			cur, err := counterIn(txn, k)
+			if err != nil {
+				return err
+			}
+			next = cur + 1
+			return txn.Set(k, u64(next))
+		})
+		if !errors.Is(err, badger.ErrConflict) {
+			return next, err
+		}
+	}
+}
+
+// Counter returns the named per-group counter's value (0 if never set).
+func (s *Store) Counter(gid [32]byte, name string) (uint64, error) {
+	var v uint64
+	err := s.db.View(func(txn *badger.Txn) error {
+		var err error
+		v, err = counterIn(txn, groupKey(tagCounter, gid, []byte(name)))
+		return err
+	})
+	return v, err
+}
