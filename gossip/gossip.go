@@ -25,6 +25,7 @@ import (
 const (
 	KeyProtocol    protocol.ID = "/p2pchat/key/1.0.0"
 	RosterProtocol protocol.ID = "/p2pchat/roster/1.0.0"
+	SyncProtocol   protocol.ID = "/p2pchat/sync/1.0.0"
 )
 
 // Size bounds. Every length read from the network is checked against one.
@@ -38,6 +39,16 @@ const (
 	MaxKeyFrame = 512 << 10
 	// MaxRosterFrame bounds a roster fetch answer.
 	MaxRosterFrame = 8 << 20
+	// MaxSyncRequestFrame bounds a history request (its summary of held
+	// sequence numbers) and every other request frame.
+	MaxSyncRequestFrame = 1 << 20
+	// MaxSyncFrame bounds a history answer; responders fill it up to
+	// SyncBatchBytes so it never overflows.
+	MaxSyncFrame = 8 << 20
+	// SyncBatchBytes is how many envelope bytes a responder puts in one answer.
+	SyncBatchBytes = 4 << 20
+	// SyncBatchEnvelopes is the most envelopes in one answer.
+	SyncBatchEnvelopes = 2048
 	// MaxRosterHeads bounds the heads an envelope may name.
 	MaxRosterHeads = 64
 )

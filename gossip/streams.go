@@ -32,6 +32,9 @@ type Handlers struct {
 	// Roster returns the signed ops of a group for an authenticated peer, or
 	// false to refuse (the peer is not named by the roster).
 	Roster func(from peer.ID, group [32]byte) ([]*wire.Signed, bool)
+	// Sync answers a history request from an authenticated peer, or false
+	// to refuse (the peer is not a current member).
+	Sync func(from peer.ID, req *wire.SyncRequest) (*wire.SyncResponse, bool)
 }
 
 // Streams serves the direct-stream protocols on a host and opens them to
@@ -52,6 +55,7 @@ func NewStreams(h host.Host, handlers Handlers) *Streams {
 	s := &Streams{host: h, handlers: handlers, ctx: ctx, cancel: cancel}
 	h.SetStreamHandler(KeyProtocol, s.track(s.serveKey))
 	h.SetStreamHandler(RosterProtocol, s.track(s.serveRoster))
+	h.SetStreamHandler(SyncProtocol, s.track(s.serveSync))
 	return s
 }
 
@@ -66,6 +70,7 @@ func (s *Streams) Close() {
 	s.mu.Unlock()
 	s.host.RemoveStreamHandler(KeyProtocol)
 	s.host.RemoveStreamHandler(RosterProtocol)
+	s.host.RemoveStreamHandler(SyncProtocol)
 	s.cancel()
 	s.wg.Wait()
 }
@@ -145,8 +150,26 @@ func (s *Streams) serveRoster(st network.Stream) {
 	_ = st.Close()
 }
 
+func (s *Streams) serveSync(st network.Stream) {
+	var req wire.SyncRequest
+	if err := readMsg(st, MaxSyncRequestFrame, &req); err != nil || len(req.GroupId) != 32 {
+		_ = st.Reset()
+		return
+	}
+	resp, ok := s.handlers.Sync(st.Conn().RemotePeer(), &req)
+	if !ok {
+		_ = st.Reset()
+		return
+	}
+	if err := writeMsg(st, MaxSyncFrame, resp); err != nil {
+		_ = st.Reset()
+		return
+	}
+	_ = st.Close()
+}
+
 // exchange opens a stream to p, writes req, reads one answer into resp.
-func (s *Streams) exchange(ctx context.Context, p peer.ID, pid protocol.ID, req proto.Message, maxResp int, resp proto.Message) error {
+func (s *Streams) exchange(ctx context.Context, p peer.ID, pid protocol.ID, req proto.Message, maxReq, maxResp int, resp proto.Message) error {
 	ctx, cancel := context.WithTimeout(ctx, StreamTimeout)
 	defer cancel()
 	st, err := s.host.NewStream(ctx, p, pid)
@@ -157,7 +180,7 @@ func (s *Streams) exchange(ctx context.Context, p peer.ID, pid protocol.ID, req 
 	defer stop()
 	dl, _ := ctx.Deadline()
 	_ = st.SetDeadline(dl)
-	if err := writeMsg(st, MaxKeyFrame, req); err != nil {
+	if err := writeMsg(st, maxReq, req); err != nil {
 		_ = st.Reset()
 		return err
 	}
@@ -172,7 +195,7 @@ func (s *Streams) exchange(ctx context.Context, p peer.ID, pid protocol.ID, req 
 // SendKey delivers a key transfer to p and reports whether p accepted it.
 func (s *Streams) SendKey(ctx context.Context, p peer.ID, t *wire.KeyTransfer) error {
 	var ack wire.KeyTransferAck
-	if err := s.exchange(ctx, p, KeyProtocol, t, MaxKeyFrame, &ack); err != nil {
+	if err := s.exchange(ctx, p, KeyProtocol, t, MaxKeyFrame, MaxKeyFrame, &ack); err != nil {
 		return err
 	}
 	if !ack.Accepted {
@@ -184,8 +207,18 @@ func (s *Streams) SendKey(ctx context.Context, p peer.ID, t *wire.KeyTransfer) e
 // FetchRoster asks p for the signed ops of group. The caller verifies them.
 func (s *Streams) FetchRoster(ctx context.Context, p peer.ID, group [32]byte) ([]*wire.Signed, error) {
 	var resp wire.RosterResponse
-	if err := s.exchange(ctx, p, RosterProtocol, &wire.RosterRequest{GroupId: group[:]}, MaxRosterFrame, &resp); err != nil {
+	if err := s.exchange(ctx, p, RosterProtocol, &wire.RosterRequest{GroupId: group[:]}, MaxKeyFrame, MaxRosterFrame, &resp); err != nil {
 		return nil, err
 	}
 	return resp.Ops, nil
+}
+
+// FetchHistory asks p for envelopes of a group that the summary in req
+// says we lack. The caller verifies every envelope.
+func (s *Streams) FetchHistory(ctx context.Context, p peer.ID, req *wire.SyncRequest) (*wire.SyncResponse, error) {
+	var resp wire.SyncResponse
+	if err := s.exchange(ctx, p, SyncProtocol, req, MaxSyncRequestFrame, MaxSyncFrame, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
 }

@@ -158,6 +158,11 @@ func MetaFromWire(w *wire.KeyMeta) (Meta, error) {
 		if m.DerivedFrom, err = ParseID(w.DerivedFrom); err != nil {
 			return m, err
 		}
+		if m.DerivedFrom.IsZero() {
+			// ToWire treats a zero parent as "not derived"; accepting it would
+			// let the add op ID vanish on re-encoding.
+			return m, fmt.Errorf("%w: zero parent key id", ErrMalformedMeta)
+		}
 		if m.AddOp, err = roster.ParseOpID(w.AddOpId); err != nil {
 			return m, fmt.Errorf("%w: add op id", ErrMalformedMeta)
 		}

@@ -29,24 +29,33 @@ type Group struct {
 
 	ctx    context.Context // cancelled by stop
 	cancel context.CancelFunc
-	wg     sync.WaitGroup // every goroutine of this group
+	wg     sync.WaitGroup // every goroutine of this group but the topic's two
 	wake   chan struct{}  // nudges the timer loop
 
-	mu          sync.Mutex
-	roster      *roster.Roster
-	ring        *keyring.Ring
-	left        bool
-	members     []peer.ID                     // last membership reported in an event
-	sendKey     keyring.ID                    // last sending key reported in an event
-	signedMeta  map[keyring.ID]*wire.Signed   // our signature over key metadata, for transfers
-	waiting     map[keyring.ID][]msgRef       // messages waiting for a key
-	keyReqs     map[keyring.ID]*keyRequest    // outstanding requests for keys
-	order       map[peer.ID]*senderOrder      // per-sender delivery order
-	held        []heldEnvelope                // envelopes whose roster heads are unknown
-	reqBudget   map[peer.ID]*tokenBucket      // key requests accepted per requester
-	rotateAt    time.Time                     // designated rotation deadline; zero when none
-	fetching    map[peer.ID]bool              // roster fetches running, by peer
-	stopped     bool
+	// The topic's reader and peer-event goroutines stop before the topic
+	// closes: pubsub refuses (and races) closing a topic with live handlers.
+	topicCancel context.CancelFunc
+	topicWG     sync.WaitGroup
+
+	mu               sync.Mutex
+	roster           *roster.Roster
+	ring             *keyring.Ring
+	left             bool
+	members          []peer.ID                   // last membership reported in an event
+	sendKey          keyring.ID                  // last sending key reported in an event
+	signedMeta       map[keyring.ID]*wire.Signed // our signature over key metadata, for transfers
+	waiting          map[keyring.ID][]msgRef     // messages waiting for a key
+	keyReqs          map[keyring.ID]*keyRequest  // outstanding requests for keys
+	order            map[peer.ID]*senderOrder    // per-sender delivery order
+	held             []heldEnvelope              // envelopes whose roster heads are unknown
+	reqBudget        map[peer.ID]*tokenBucket    // key requests accepted per requester
+	rotateAt         time.Time                   // designated rotation deadline; zero when none
+	fetching         map[peer.ID]bool            // roster fetches running, by peer
+	syncing          map[peer.ID]bool            // history syncs running, by peer
+	resyncAt         map[peer.ID]time.Time       // syncs due once the mesh settles
+	gapSeen          bool                        // a sequence gap was given up on: sync soon
+	nextPeriodicSync time.Time
+	stopped          bool
 }
 
 type msgRef struct {
@@ -70,6 +79,8 @@ func (n *Node) startGroup(r *roster.Roster, left, isNew bool) (*Group, error) {
 		order:      make(map[peer.ID]*senderOrder),
 		reqBudget:  make(map[peer.ID]*tokenBucket),
 		fetching:   make(map[peer.ID]bool),
+		syncing:    make(map[peer.ID]bool),
+		resyncAt:   make(map[peer.ID]time.Time),
 	}
 	g.ctx, g.cancel = context.WithCancel(n.ctx)
 	if err := g.loadKeys(); err != nil {
@@ -111,10 +122,13 @@ func (n *Node) startGroup(r *roster.Roster, left, isNew bool) (*Group, error) {
 		if err != nil {
 			return nil, err
 		}
-		g.wg.Add(3)
-		go g.readLoop(g.topic)
+		var tctx context.Context
+		tctx, g.topicCancel = context.WithCancel(g.ctx)
+		g.topicWG.Add(2)
+		go g.readLoop(tctx, g.topic)
+		go g.peerLoop(tctx, peerEvents)
+		g.wg.Add(1)
 		go g.timerLoop()
-		go g.peerLoop(peerEvents)
 	}
 	if isNew {
 		n.events.publish(Event{Kind: EventGroupJoined, Group: g.id, Members: st.Members})
@@ -130,14 +144,26 @@ func (g *Group) stop() {
 		return
 	}
 	g.stopped = true
+	g.mu.Unlock()
+	g.closeTopic()
+	g.cancel()
+	g.wg.Wait()
+}
+
+// closeTopic stops the topic's goroutines, then leaves the topic.
+func (g *Group) closeTopic() {
+	g.mu.Lock()
 	t := g.topic
 	g.topic = nil
 	g.mu.Unlock()
-	g.cancel()
-	if t != nil {
-		_ = t.Close()
+	if t == nil {
+		return
 	}
-	g.wg.Wait()
+	g.topicCancel()
+	g.topicWG.Wait()
+	if err := t.Close(); err != nil {
+		g.n.log.Debug("close topic", "group", g.id.ShortString(), "err", err)
+	}
 	g.n.mu.Lock()
 	delete(g.n.byTopic, gossip.TopicName(g.id))
 	g.n.mu.Unlock()
@@ -404,6 +430,31 @@ func (g *Group) History() ([]Message, error) {
 	return out, err
 }
 
+// loadEnvelope reads a stored envelope. Stored envelopes were verified when
+// they arrived; they are verified again here because the store is a file an
+// attacker with disk access could edit, and verification is cheap next to I/O.
+func (g *Group) loadEnvelope(sender peer.ID, seq uint64) (*gossip.Envelope, *wire.MessageRecord, error) {
+	b, err := g.n.store.Message(g.id, []byte(sender), seq)
+	if err != nil {
+		return nil, nil, err
+	}
+	var rec wire.MessageRecord
+	if err := proto.Unmarshal(b, &rec); err != nil {
+		return nil, nil, fmt.Errorf("message record: %w", err)
+	}
+	e, err := gossip.OpenEnvelope(rec.Envelope)
+	if err != nil {
+		return nil, nil, fmt.Errorf("stored envelope: %w", err)
+	}
+	return e, &rec, nil
+}
+
+// storedEnvelope returns the stored envelope of message seq from sender.
+func (g *Group) storedEnvelope(sender peer.ID, seq uint64) (*gossip.Envelope, error) {
+	e, _, err := g.loadEnvelope(sender, seq)
+	return e, err
+}
+
 // messageLocked builds the member's view of an envelope: decrypted when the
 // key is held, waiting otherwise; nil when it does not authenticate.
 func (g *Group) messageLocked(e *gossip.Envelope, received time.Time) *Message {
@@ -646,17 +697,13 @@ func (g *Group) rosterChangedLocked() {
 				g.n.log.Warn("persist group record", "group", g.id.ShortString(), "err", err)
 			}
 			g.n.events.publish(Event{Kind: EventGroupLeft, Group: g.id})
-			if t := g.topic; t != nil {
-				g.topic = nil
-				// Closing the topic waits on pubsub's event loop, which may be
-				// waiting on this validator: do it elsewhere.
+			if g.topic != nil && !g.stopped {
+				// Closing the topic waits for the reader (which may be the
+				// caller) and for pubsub's event loop: do it elsewhere.
 				g.wg.Add(1)
 				go func() {
 					defer g.wg.Done()
-					_ = t.Close()
-					g.n.mu.Lock()
-					delete(g.n.byTopic, gossip.TopicName(g.id))
-					g.n.mu.Unlock()
+					g.closeTopic()
 				}()
 			}
 		}

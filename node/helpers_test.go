@@ -7,8 +7,22 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/control"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
 
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-msgio"
+	"google.golang.org/protobuf/proto"
+	"slices"
+
+	"github.com/p2pchat/p2pchat/gossip"
+	"github.com/p2pchat/p2pchat/internal/wire"
+	"github.com/p2pchat/p2pchat/keyring"
 	"github.com/p2pchat/p2pchat/roster"
 )
 
@@ -19,25 +33,85 @@ var testParams = Params{
 	ReorderWindow:   300 * time.Millisecond,
 }
 
-// testNode is a node on loopback TCP with a recorder of its events.
+// testNode is a node on loopback TCP with a recorder of its events and a
+// connection gater the test can use to cut it off from peers.
 type testNode struct {
 	*Node
-	t   *testing.T
-	rec *recorder
-	dir string
+	t     *testing.T
+	rec   *recorder
+	dir   string
+	gater *testGater
 }
 
 func newTestNode(t *testing.T, dir string) *testNode {
 	t.Helper()
+	return newTestNodeWith(t, dir, nil)
+}
+
+func newTestNodeWith(t *testing.T, dir string, identity crypto.PrivKey) *testNode {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	n, err := New(ctx, Config{Dir: dir, ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"}, Params: testParams})
+	gater := &testGater{blocked: make(map[peer.ID]bool)}
+	n, err := New(ctx, Config{
+		Dir: dir, Identity: identity, ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"}, Params: testParams,
+		HostOptions: []libp2p.Option{libp2p.ConnectionGater(gater)},
+	})
 	if err != nil {
 		t.Fatalf("new node: %v", err)
 	}
-	tn := &testNode{Node: n, t: t, rec: newRecorder(n), dir: dir}
+	tn := &testNode{Node: n, t: t, rec: newRecorder(n), dir: dir, gater: gater}
 	t.Cleanup(func() { tn.Close() })
 	return tn
+}
+
+// testGater refuses connections to and from blocked peers.
+type testGater struct {
+	mu      sync.Mutex
+	blocked map[peer.ID]bool
+}
+
+func (g *testGater) isBlocked(p peer.ID) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.blocked[p]
+}
+func (g *testGater) InterceptPeerDial(p peer.ID) bool                 { return !g.isBlocked(p) }
+func (g *testGater) InterceptAddrDial(p peer.ID, _ ma.Multiaddr) bool { return !g.isBlocked(p) }
+func (g *testGater) InterceptAccept(network.ConnMultiaddrs) bool      { return true }
+func (g *testGater) InterceptSecured(_ network.Direction, p peer.ID, _ network.ConnMultiaddrs) bool {
+	return !g.isBlocked(p)
+}
+func (g *testGater) InterceptUpgraded(network.Conn) (bool, control.DisconnectReason) { return true, 0 }
+
+// partition cuts every connection between the two sides until heal.
+func partition(sideA, sideB []*testNode) {
+	for _, a := range sideA {
+		for _, b := range sideB {
+			a.gater.mu.Lock()
+			a.gater.blocked[b.ID()] = true
+			a.gater.mu.Unlock()
+			b.gater.mu.Lock()
+			b.gater.blocked[a.ID()] = true
+			b.gater.mu.Unlock()
+		}
+	}
+	for _, a := range sideA {
+		for _, b := range sideB {
+			_ = a.Host().Network().ClosePeer(b.ID())
+			_ = b.Host().Network().ClosePeer(a.ID())
+		}
+	}
+}
+
+// heal lifts every block and reconnects all nodes.
+func heal(t *testing.T, nodes []*testNode) {
+	for _, n := range nodes {
+		n.gater.mu.Lock()
+		clear(n.gater.blocked)
+		n.gater.mu.Unlock()
+	}
+	connectAll(t, nodes)
 }
 
 // newTestNodes starts n nodes and connects them all to each other.
@@ -193,3 +267,166 @@ func (n *testNode) send(gid roster.GroupID, text string) *Message {
 }
 
 func label(i int) string { return fmt.Sprintf("n%d", i) }
+
+// spy is a libp2p peer outside p2pchat: a bare host and pubsub that can
+// subscribe to a group's topic, publish raw bytes on it, and record key
+// transfers sent to it. Tests use it as a malicious or removed member who
+// keeps listening.
+type spy struct {
+	t     *testing.T
+	host  host.Host
+	ps    *pubsub.PubSub
+	topic *pubsub.Topic
+	sub   *pubsub.Subscription
+
+	mu        sync.Mutex
+	envelopes []*gossip.Envelope
+	transfers []*wire.KeyTransfer
+}
+
+func newSpy(t *testing.T, identity crypto.PrivKey) *spy {
+	t.Helper()
+	opts := []libp2p.Option{libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0")}
+	if identity != nil {
+		opts = append(opts, libp2p.Identity(identity))
+	}
+	h, err := libp2p.New(opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ps, err := pubsub.NewGossipSub(ctx, h, gossip.PubSubOptions()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &spy{t: t, host: h, ps: ps}
+	h.SetStreamHandler(gossip.KeyProtocol, func(st network.Stream) {
+		defer st.Close()
+		b, err := msgio.NewVarintReaderSize(st, gossip.MaxKeyFrame).ReadMsg()
+		if err != nil {
+			return
+		}
+		var tr wire.KeyTransfer
+		if proto.Unmarshal(b, &tr) == nil {
+			s.mu.Lock()
+			s.transfers = append(s.transfers, &tr)
+			s.mu.Unlock()
+		}
+		ack, _ := proto.Marshal(&wire.KeyTransferAck{Accepted: true})
+		_ = msgio.NewVarintWriter(st).WriteMsg(ack)
+	})
+	t.Cleanup(func() {
+		if s.sub != nil {
+			s.sub.Cancel()
+		}
+		cancel()
+		_ = h.Close()
+	})
+	return s
+}
+
+func (s *spy) connect(nodes ...*testNode) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, n := range nodes {
+		if err := s.host.Connect(ctx, addrInfo(n.Node)); err != nil {
+			s.t.Fatalf("spy connect: %v", err)
+		}
+	}
+}
+
+// listen subscribes to the group's topic and records every envelope.
+func (s *spy) listen(gid roster.GroupID) {
+	var err error
+	s.topic, err = s.ps.Join(gossip.TopicName(gid))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.sub, err = s.topic.Subscribe()
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	go func() {
+		for {
+			m, err := s.sub.Next(context.Background())
+			if err != nil {
+				return
+			}
+			in, err := gossip.DecodeInbound(m.Data)
+			if err != nil || in.Envelope == nil {
+				continue
+			}
+			s.mu.Lock()
+			s.envelopes = append(s.envelopes, in.Envelope)
+			s.mu.Unlock()
+		}
+	}()
+}
+
+func (s *spy) publish(m *wire.TopicMessage) {
+	s.t.Helper()
+	b, err := proto.Marshal(m)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	if err := s.topic.Publish(context.Background(), b); err != nil {
+		s.t.Fatalf("spy publish: %v", err)
+	}
+}
+
+func (s *spy) publishRaw(b []byte) {
+	s.t.Helper()
+	if err := s.topic.Publish(context.Background(), b); err != nil {
+		s.t.Fatalf("spy publish: %v", err)
+	}
+}
+
+func (s *spy) seen() []*gossip.Envelope {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]*gossip.Envelope(nil), s.envelopes...)
+}
+
+func (s *spy) received() []*wire.KeyTransfer {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]*wire.KeyTransfer(nil), s.transfers...)
+}
+
+// keys returns every key a node holds for a group (a malicious member keeps them all).
+func (n *testNode) keys(gid roster.GroupID) []*keyring.Key {
+	g := n.mustGroup(gid)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.ring.Keys()
+}
+
+// canRead reports whether any of keys opens e.
+func canRead(e *gossip.Envelope, keys []*keyring.Key) bool {
+	for _, k := range keys {
+		if _, err := e.Open(k); err == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// waitSameSendingKey waits until every node sends with the same non-zero key
+// and returns it.
+func waitSameSendingKey(t *testing.T, nodes []*testNode, gid roster.GroupID, not ...keyring.ID) keyring.ID {
+	t.Helper()
+	var id keyring.ID
+	eventually(t, 20*time.Second, "all members agree on a new sending key", func() bool {
+		id = nodes[0].mustGroup(gid).SendingKeyID()
+		if id.IsZero() || slices.Contains(not, id) {
+			return false
+		}
+		for _, n := range nodes[1:] {
+			if n.mustGroup(gid).SendingKeyID() != id {
+				return false
+			}
+		}
+		return true
+	})
+	return id
+}

@@ -121,10 +121,10 @@ func (g *Group) judgeKeyRequest(r *gossip.KeyRequest) pubsub.ValidationResult {
 }
 
 // readLoop handles accepted topic messages until the topic closes.
-func (g *Group) readLoop(t *gossip.Topic) {
-	defer g.wg.Done()
+func (g *Group) readLoop(ctx context.Context, t *gossip.Topic) {
+	defer g.topicWG.Done()
 	for {
-		in, from, err := t.Next(g.ctx, g.n.self)
+		in, from, err := t.Next(ctx, g.n.self)
 		if err != nil {
 			return
 		}
@@ -142,36 +142,7 @@ func (g *Group) readLoop(t *gossip.Topic) {
 // onEnvelope stores a verified envelope, then shows it: decrypted, or
 // waiting for its key (which it then asks for).
 func (g *Group) onEnvelope(from peer.ID, e *gossip.Envelope) {
-	now := time.Now()
-	rec, err := proto.Marshal(&wire.MessageRecord{Envelope: e.Signed, ReceivedAtMs: now.UnixMilli()})
-	if err != nil {
-		return
-	}
-	stored, _, err := g.n.store.PutMessage(g.id, []byte(e.Sender), e.Seq, rec)
-	if err != nil {
-		g.n.log.Warn("store message", "group", g.id.ShortString(), "err", err)
-		return
-	}
-	if !stored {
-		return
-	}
-	g.mu.Lock()
-	m := g.messageLocked(e, now)
-	if m == nil {
-		g.mu.Unlock()
-		g.markUndecryptable(e, now)
-		return
-	}
-	if m.Status == StatusWaitingForKey {
-		g.waiting[e.KeyID] = append(g.waiting[e.KeyID], msgRef{e.Sender, e.Seq})
-		g.wantKeyLocked(e.KeyID)
-	}
-	g.deliverLocked(m)
-	stale := !g.roster.Knows(e.RosterHeads)
-	g.mu.Unlock()
-	if stale {
-		g.fetchRoster(from)
-	}
+	g.ingest(from, []*gossip.Envelope{e})
 }
 
 // markUndecryptable keeps a member's envelope that fails authentication
@@ -250,21 +221,22 @@ func (g *Group) fetchRosterOps(ctx context.Context, from peer.ID) ([]*roster.Op,
 	return ops, nil
 }
 
-// peerLoop syncs the roster with every peer that joins the topic (its ops
-// are verified and must chain to our create op, so a stranger cannot inject
-// anything; it may not even be a member in our view yet). Ops
-// published before the peer's subscription reached us (GossipSub drops
-// those silently) arrive this way.
-func (g *Group) peerLoop(h *pubsub.TopicEventHandler) {
-	defer g.wg.Done()
+// peerLoop syncs roster and history with every peer that joins the topic,
+// and again once the mesh has had time to form: messages published in
+// between are the ones GossipSub silently loses. (Roster ops
+// from any peer are verified and must chain to our create op; a joining
+// peer may not be a member in our view yet.)
+func (g *Group) peerLoop(ctx context.Context, h *pubsub.TopicEventHandler) {
+	defer g.topicWG.Done()
 	defer h.Cancel()
 	for {
-		ev, err := h.NextPeerEvent(g.ctx)
+		ev, err := h.NextPeerEvent(ctx)
 		if err != nil {
 			return
 		}
 		if ev.Type == pubsub.PeerJoin {
-			g.fetchRoster(ev.Peer)
+			g.syncWith(ev.Peer)
+			g.scheduleResync(ev.Peer)
 		}
 	}
 }
@@ -418,6 +390,7 @@ func (g *Group) flushOrderLocked(now time.Time) (next time.Time) {
 		}
 		slices.Sort(seqs)
 		o.next = seqs[0]
+		g.gapSeen = true
 		g.drainLocked(o)
 		if len(o.buffered) > 0 {
 			o.deadline = now.Add(g.n.params.ReorderWindow)
@@ -541,9 +514,17 @@ func (g *Group) tick(now time.Time) time.Time {
 			}
 		}
 	}
+	syncs, nextSync := g.dueSyncsLocked(now)
+	earliest(nextSync)
 	t := g.topic
 	g.mu.Unlock()
 
+	for _, p := range syncs {
+		if p == "" {
+			p = g.randomTopicPeer()
+		}
+		g.syncWith(p)
+	}
 	if rotated != nil {
 		g.emitRotated(rotated)
 		g.distribute(rotated, nil)
@@ -561,4 +542,3 @@ func (g *Group) tick(now time.Time) time.Time {
 	}
 	return next
 }
-

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/p2pchat/p2pchat/gossip"
 	"github.com/p2pchat/p2pchat/internal/wire"
@@ -175,21 +174,14 @@ func (g *Group) keyArrivedLocked(k *keyring.Key) {
 		return cmp.Compare(a.seq, b.seq)
 	})
 	for _, ref := range refs {
-		b, err := g.n.store.Message(g.id, []byte(ref.sender), ref.seq)
+		e, rec, err := g.loadEnvelope(ref.sender, ref.seq)
 		if err != nil {
 			continue
 		}
-		var rec wire.MessageRecord
-		if proto.Unmarshal(b, &rec) != nil {
-			continue
-		}
-		e, err := gossip.OpenEnvelope(rec.Envelope)
-		if err != nil {
-			continue
-		}
-		m := g.messageLocked(e, time.UnixMilli(rec.ReceivedAtMs))
+		received := time.UnixMilli(rec.ReceivedAtMs)
+		m := g.messageLocked(e, received)
 		if m == nil {
-			g.markUndecryptable(e, time.UnixMilli(rec.ReceivedAtMs))
+			g.markUndecryptable(e, received)
 			continue
 		}
 		if o := g.order[ref.sender]; o != nil {

@@ -91,6 +91,12 @@ type Params struct {
 	// ReorderWindow is how long a message waits for an earlier message of
 	// the same sender before it is shown anyway.
 	ReorderWindow time.Duration
+	// MeshSettle is how long after a peer joins a group's topic the node
+	// syncs history with it a second time, to pick up messages GossipSub
+	// lost while the mesh formed.
+	MeshSettle time.Duration
+	// SyncInterval is how often the node syncs history with a random member.
+	SyncInterval time.Duration
 }
 
 // DefaultParams returns the defaults.
@@ -100,6 +106,8 @@ func DefaultParams() Params {
 		KeyRequestMaxBackoff: 30 * time.Second,
 		RotationGrace:        time.Second,
 		ReorderWindow:        500 * time.Millisecond,
+		MeshSettle:           2 * time.Second,
+		SyncInterval:         30 * time.Second,
 	}
 }
 
@@ -116,6 +124,12 @@ func (p Params) withDefaults() Params {
 	}
 	if p.ReorderWindow <= 0 {
 		p.ReorderWindow = d.ReorderWindow
+	}
+	if p.MeshSettle <= 0 {
+		p.MeshSettle = d.MeshSettle
+	}
+	if p.SyncInterval <= 0 {
+		p.SyncInterval = d.SyncInterval
 	}
 	return p
 }
@@ -233,7 +247,7 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 			return nil, fmt.Errorf("node: start pubsub: %w", err)
 		}
 	}
-	n.streams = gossip.NewStreams(n.host, gossip.Handlers{Key: n.handleKeyTransfer, Roster: n.handleRosterRequest})
+	n.streams = gossip.NewStreams(n.host, gossip.Handlers{Key: n.handleKeyTransfer, Roster: n.handleRosterRequest, Sync: n.handleSyncRequest})
 
 	if err := n.loadGroups(); err != nil {
 		return nil, err

@@ -308,3 +308,84 @@ func (s *Store) Counter(gid [32]byte, name string) (uint64, error) {
 	})
 	return v, err
 }
+
+// MessageIndex calls fn for every stored message of a group, ordered by
+// sender then sequence number, reading keys only.
+func (s *Store) MessageIndex(gid [32]byte, fn func(sender []byte, seq uint64) error) error {
+	prefix := groupKey(tagMsg, gid)
+	return s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+		defer it.Close()
+		for it.Seek(prefix); it.ValidForPrefix(prefix); it.Next() {
+			k := it.Item().Key()[len(prefix):]
+			if len(k) < 1 || len(k) != 1+int(k[0])+8 {
+				continue
+			}
+			sender := k[1 : 1+int(k[0])]
+			if err := fn(sender, binary.BigEndian.Uint64(k[1+int(k[0]):])); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// NewMessage is one message for PutMessages.
+type NewMessage struct {
+	Sender []byte
+	Seq    uint64
+	Record []byte
+}
+
+// PutMessages stores a batch of messages in one synced transaction, each
+// only if its slot is free, and reports which were stored. It is how
+// history sync lands thousands of messages without one disk flush each.
+func (s *Store) PutMessages(gid [32]byte, msgs []NewMessage) ([]bool, error) {
+	stored := make([]bool, len(msgs))
+	const chunk = 256
+	for start := 0; start < len(msgs); start += chunk {
+		part := msgs[start:min(start+chunk, len(msgs))]
+		for {
+			res := make([]bool, len(part))
+			err := s.db.Update(func(txn *badger.Txn) error {
+				ck := groupKey(tagCounter, gid, []byte("log"))
+				next, err := counterIn(txn, ck)
+				if err != nil {
+					return err
+				}
+				seen := make(map[string]bool, len(part))
+				for i, m := range part {
+					ss := senderSeq(m.Sender, m.Seq)
+					if seen[string(ss)] {
+						continue
+					}
+					seen[string(ss)] = true
+					mk := groupKey(tagMsg, gid, ss)
+					if _, err := txn.Get(mk); err == nil {
+						continue
+					} else if !errors.Is(err, badger.ErrKeyNotFound) {
+						return err
+					}
+					if err := txn.Set(groupKey(tagLog, gid, u64(next)), ss); err != nil {
+						return err
+					}
+					next++
+					if err := txn.Set(mk, m.Record); err != nil {
+						return err
+					}
+					res[i] = true
+				}
+				return txn.Set(ck, u64(next))
+			})
+			if errors.Is(err, badger.ErrConflict) {
+				continue
+			}
+			if err != nil {
+				return stored, err
+			}
+			copy(stored[start:], res)
+			break
+		}
+	}
+	return stored, nil
+}

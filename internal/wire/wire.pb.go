@@ -1335,6 +1335,175 @@ func (x *MessageRecord) GetUndecryptable() bool {
 	return false
 }
 
+// SeqRanges lists the sequence numbers held from one sender as inclusive
+// [lo, hi] pairs, ascending and disjoint.
+type SeqRanges struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sender        []byte                 `protobuf:"bytes,1,opt,name=sender,proto3" json:"sender,omitempty"`
+	Bounds        []uint64               `protobuf:"varint,2,rep,packed,name=bounds,proto3" json:"bounds,omitempty"` // lo0, hi0, lo1, hi1, ...
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SeqRanges) Reset() {
+	*x = SeqRanges{}
+	mi := &file_wire_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SeqRanges) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SeqRanges) ProtoMessage() {}
+
+func (x *SeqRanges) ProtoReflect() protoreflect.Message {
+	mi := &file_wire_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SeqRanges.ProtoReflect.Descriptor instead.
+func (*SeqRanges) Descriptor() ([]byte, []int) {
+	return file_wire_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *SeqRanges) GetSender() []byte {
+	if x != nil {
+		return x.Sender
+	}
+	return nil
+}
+
+func (x *SeqRanges) GetBounds() []uint64 {
+	if x != nil {
+		return x.Bounds
+	}
+	return nil
+}
+
+// SyncRequest asks a member for envelopes the requester lacks.
+type SyncRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	GroupId       []byte                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	Have          []*SeqRanges           `protobuf:"bytes,2,rep,name=have,proto3" json:"have,omitempty"`
+	MaxEnvelopes  uint32                 `protobuf:"varint,3,opt,name=max_envelopes,json=maxEnvelopes,proto3" json:"max_envelopes,omitempty"` // the responder sends at most this many (and at most its own cap)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SyncRequest) Reset() {
+	*x = SyncRequest{}
+	mi := &file_wire_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SyncRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SyncRequest) ProtoMessage() {}
+
+func (x *SyncRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_wire_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SyncRequest.ProtoReflect.Descriptor instead.
+func (*SyncRequest) Descriptor() ([]byte, []int) {
+	return file_wire_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *SyncRequest) GetGroupId() []byte {
+	if x != nil {
+		return x.GroupId
+	}
+	return nil
+}
+
+func (x *SyncRequest) GetHave() []*SeqRanges {
+	if x != nil {
+		return x.Have
+	}
+	return nil
+}
+
+func (x *SyncRequest) GetMaxEnvelopes() uint32 {
+	if x != nil {
+		return x.MaxEnvelopes
+	}
+	return 0
+}
+
+// SyncResponse holds envelopes (KIND_ENVELOPE) the requester lacked, each
+// one the requester is entitled to, oldest first per sender.
+type SyncResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Envelopes     []*Signed              `protobuf:"bytes,1,rep,name=envelopes,proto3" json:"envelopes,omitempty"`
+	More          bool                   `protobuf:"varint,2,opt,name=more,proto3" json:"more,omitempty"` // the responder holds more the requester lacks: ask again
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SyncResponse) Reset() {
+	*x = SyncResponse{}
+	mi := &file_wire_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SyncResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SyncResponse) ProtoMessage() {}
+
+func (x *SyncResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_wire_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SyncResponse.ProtoReflect.Descriptor instead.
+func (*SyncResponse) Descriptor() ([]byte, []int) {
+	return file_wire_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *SyncResponse) GetEnvelopes() []*Signed {
+	if x != nil {
+		return x.Envelopes
+	}
+	return nil
+}
+
+func (x *SyncResponse) GetMore() bool {
+	if x != nil {
+		return x.More
+	}
+	return false
+}
+
 var File_wire_proto protoreflect.FileDescriptor
 
 const file_wire_proto_rawDesc = "" +
@@ -1424,7 +1593,17 @@ const file_wire_proto_rawDesc = "" +
 	"\rMessageRecord\x123\n" +
 	"\benvelope\x18\x01 \x01(\v2\x17.p2pchat.wire.v1.SignedR\benvelope\x12$\n" +
 	"\x0ereceived_at_ms\x18\x02 \x01(\x03R\freceivedAtMs\x12$\n" +
-	"\rundecryptable\x18\x03 \x01(\bR\rundecryptable*l\n" +
+	"\rundecryptable\x18\x03 \x01(\bR\rundecryptable\";\n" +
+	"\tSeqRanges\x12\x16\n" +
+	"\x06sender\x18\x01 \x01(\fR\x06sender\x12\x16\n" +
+	"\x06bounds\x18\x02 \x03(\x04R\x06bounds\"}\n" +
+	"\vSyncRequest\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\fR\agroupId\x12.\n" +
+	"\x04have\x18\x02 \x03(\v2\x1a.p2pchat.wire.v1.SeqRangesR\x04have\x12#\n" +
+	"\rmax_envelopes\x18\x03 \x01(\rR\fmaxEnvelopes\"Y\n" +
+	"\fSyncResponse\x125\n" +
+	"\tenvelopes\x18\x01 \x03(\v2\x17.p2pchat.wire.v1.SignedR\tenvelopes\x12\x12\n" +
+	"\x04more\x18\x02 \x01(\bR\x04more*l\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eKIND_ROSTER_OP\x10\x01\x12\x11\n" +
@@ -1450,7 +1629,7 @@ func file_wire_proto_rawDescGZIP() []byte {
 }
 
 var file_wire_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_wire_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_wire_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_wire_proto_goTypes = []any{
 	(Kind)(0),              // 0: p2pchat.wire.v1.Kind
 	(Role)(0),              // 1: p2pchat.wire.v1.Role
@@ -1472,6 +1651,9 @@ var file_wire_proto_goTypes = []any{
 	(*GroupRecord)(nil),    // 17: p2pchat.wire.v1.GroupRecord
 	(*KeyRecord)(nil),      // 18: p2pchat.wire.v1.KeyRecord
 	(*MessageRecord)(nil),  // 19: p2pchat.wire.v1.MessageRecord
+	(*SeqRanges)(nil),      // 20: p2pchat.wire.v1.SeqRanges
+	(*SyncRequest)(nil),    // 21: p2pchat.wire.v1.SyncRequest
+	(*SyncResponse)(nil),   // 22: p2pchat.wire.v1.SyncResponse
 }
 var file_wire_proto_depIdxs = []int32{
 	0,  // 0: p2pchat.wire.v1.Signed.kind:type_name -> p2pchat.wire.v1.Kind
@@ -1488,11 +1670,13 @@ var file_wire_proto_depIdxs = []int32{
 	2,  // 11: p2pchat.wire.v1.GroupRecord.create_op:type_name -> p2pchat.wire.v1.Signed
 	8,  // 12: p2pchat.wire.v1.KeyRecord.meta:type_name -> p2pchat.wire.v1.KeyMeta
 	2,  // 13: p2pchat.wire.v1.MessageRecord.envelope:type_name -> p2pchat.wire.v1.Signed
-	14, // [14:14] is the sub-list for method output_type
-	14, // [14:14] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	20, // 14: p2pchat.wire.v1.SyncRequest.have:type_name -> p2pchat.wire.v1.SeqRanges
+	2,  // 15: p2pchat.wire.v1.SyncResponse.envelopes:type_name -> p2pchat.wire.v1.Signed
+	16, // [16:16] is the sub-list for method output_type
+	16, // [16:16] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_wire_proto_init() }
@@ -1517,7 +1701,7 @@ func file_wire_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_wire_proto_rawDesc), len(file_wire_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   18,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

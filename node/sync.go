@@ -1,0 +1,335 @@
+package node
+
+import (
+	"context"
+	"math/rand/v2"
+	"slices"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/p2pchat/p2pchat/gossip"
+	"github.com/p2pchat/p2pchat/internal/wire"
+	"github.com/p2pchat/p2pchat/roster"
+	"github.com/p2pchat/p2pchat/store"
+)
+
+// History sync fills what GossipSub did not deliver: messages published
+// before the mesh formed, dropped from full queues, or sent while this node
+// was offline. Each side summarizes the sequence numbers it holds per sender;
+// the other sends what is missing, in bounded batches, and only what the
+// requester was entitled to read.
+
+const (
+	maxSyncRounds  = 1000 // batches fetched from one peer in one sync
+	maxSyncSenders = 4096 // senders in a summary we accept
+)
+
+// seqRanges is a sorted list of disjoint inclusive ranges.
+type seqRanges [][2]uint64
+
+func (r seqRanges) contains(seq uint64) bool {
+	i, found := slices.BinarySearchFunc(r, seq, func(rg [2]uint64, s uint64) int {
+		switch {
+		case rg[1] < s:
+			return -1
+		case rg[0] > s:
+			return 1
+		}
+		return 0
+	})
+	return found && i < len(r)
+}
+
+// haveSummary lists the sequence numbers held per sender.
+func (g *Group) haveSummary() ([]*wire.SeqRanges, error) {
+	var out []*wire.SeqRanges
+	var cur *wire.SeqRanges
+	err := g.n.store.MessageIndex(g.id, func(sender []byte, seq uint64) error {
+		if cur == nil || string(cur.Sender) != string(sender) {
+			cur = &wire.SeqRanges{Sender: slices.Clone(sender)}
+			out = append(out, cur)
+		}
+		if n := len(cur.Bounds); n > 0 && cur.Bounds[n-1]+1 == seq {
+			cur.Bounds[n-1] = seq
+		} else {
+			cur.Bounds = append(cur.Bounds, seq, seq)
+		}
+		return nil
+	})
+	return out, err
+}
+
+func parseSummary(have []*wire.SeqRanges) (map[peer.ID]seqRanges, bool) {
+	if len(have) > maxSyncSenders {
+		return nil, false
+	}
+	out := make(map[peer.ID]seqRanges, len(have))
+	for _, h := range have {
+		if len(h.Bounds)%2 != 0 {
+			return nil, false
+		}
+		var rs seqRanges
+		for i := 0; i < len(h.Bounds); i += 2 {
+			lo, hi := h.Bounds[i], h.Bounds[i+1]
+			if lo > hi || (len(rs) > 0 && lo <= rs[len(rs)-1][1]) {
+				return nil, false
+			}
+			rs = append(rs, [2]uint64{lo, hi})
+		}
+		out[peer.ID(h.Sender)] = rs
+	}
+	return out, true
+}
+
+// handleSyncRequest serves a current member the envelopes it lacks and was
+// entitled to: those under a key it is a recipient of or, for a key this
+// node does not hold, sent from a roster state that included it.
+func (n *Node) handleSyncRequest(from peer.ID, req *wire.SyncRequest) (*wire.SyncResponse, bool) {
+	g, ok := n.Group(roster.GroupID(req.GroupId))
+	if !ok || !g.isMember(from) {
+		return nil, false
+	}
+	have, ok := parseSummary(req.Have)
+	if !ok {
+		return nil, false
+	}
+	limit := gossip.SyncBatchEnvelopes
+	if req.MaxEnvelopes > 0 && int(req.MaxEnvelopes) < limit {
+		limit = int(req.MaxEnvelopes)
+	}
+	type slot struct {
+		sender peer.ID
+		seq    uint64
+	}
+	var missing []slot
+	err := n.store.MessageIndex(g.id, func(sender []byte, seq uint64) error {
+		if !have[peer.ID(sender)].contains(seq) {
+			missing = append(missing, slot{peer.ID(sender), seq})
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, false
+	}
+	resp := &wire.SyncResponse{}
+	size := 0
+	for i, s := range missing {
+		if len(resp.Envelopes) >= limit || size >= gossip.SyncBatchBytes {
+			resp.More = i < len(missing)
+			break
+		}
+		e, rec, err := g.loadEnvelope(s.sender, s.seq)
+		if err != nil || rec.Undecryptable || !g.entitledToEnvelope(from, e) {
+			continue
+		}
+		resp.Envelopes = append(resp.Envelopes, e.Signed)
+		size += proto.Size(e.Signed)
+	}
+	return resp, true
+}
+
+// entitledToEnvelope reports whether p may be given e by history sync.
+func (g *Group) entitledToEnvelope(p peer.ID, e *gossip.Envelope) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if k, ok := g.ring.Get(e.KeyID); ok {
+		return k.Meta.IsRecipient(p)
+	}
+	if !g.roster.Knows(e.RosterHeads) {
+		return false
+	}
+	st, err := g.roster.StateAt(e.RosterHeads)
+	return err == nil && st.IsMember(p)
+}
+
+// syncWith brings roster and history up to date with p, once at a time per
+// peer.
+func (g *Group) syncWith(p peer.ID) {
+	g.mu.Lock()
+	if g.syncing[p] || p == g.n.self || p == "" || g.left {
+		g.mu.Unlock()
+		return
+	}
+	g.syncing[p] = true
+	g.mu.Unlock()
+	g.goTracked(func() {
+		defer func() {
+			g.mu.Lock()
+			delete(g.syncing, p)
+			g.mu.Unlock()
+		}()
+		ctx, cancel := context.WithTimeout(g.ctx, time.Minute)
+		defer cancel()
+		if ops, err := g.fetchRosterOps(ctx, p); err == nil {
+			g.onOps("", ops)
+		}
+		if err := g.syncHistory(ctx, p); err != nil {
+			g.n.log.Debug("history sync failed", "peer", p.ShortString(), "err", err)
+		}
+	})
+}
+
+// syncHistory fetches from p, batch by batch, every envelope we lack.
+func (g *Group) syncHistory(ctx context.Context, p peer.ID) error {
+	for round := 0; round < maxSyncRounds; round++ {
+		have, err := g.haveSummary()
+		if err != nil {
+			return err
+		}
+		resp, err := g.n.streams.FetchHistory(ctx, p, &wire.SyncRequest{GroupId: g.id[:], Have: have, MaxEnvelopes: gossip.SyncBatchEnvelopes})
+		if err != nil {
+			return err
+		}
+		var envs []*gossip.Envelope
+		for _, s := range resp.Envelopes {
+			e, err := gossip.OpenEnvelope(s)
+			if err != nil || e.Group != g.id {
+				continue // a peer that sends forgeries gets nothing stored
+			}
+			envs = append(envs, e)
+		}
+		if len(envs) == 0 {
+			return nil
+		}
+		if g.needsRoster(envs) {
+			if ops, err := g.fetchRosterOps(ctx, p); err == nil {
+				g.onOps("", ops)
+			}
+		}
+		g.ingest(p, g.admissible(envs))
+		if !resp.More {
+			return nil
+		}
+	}
+	return nil
+}
+
+func (g *Group) needsRoster(envs []*gossip.Envelope) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, e := range envs {
+		if !g.roster.Knows(e.RosterHeads) {
+			return true
+		}
+	}
+	return false
+}
+
+// admissible keeps the synced envelopes whose sender was a member of the
+// roster state it sent from (or is a member now).
+func (g *Group) admissible(envs []*gossip.Envelope) []*gossip.Envelope {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	cur := g.roster.State()
+	out := envs[:0]
+	for _, e := range envs {
+		ok := cur.IsMember(e.Sender)
+		if !ok && g.roster.Knows(e.RosterHeads) {
+			if st, err := g.roster.StateAt(e.RosterHeads); err == nil {
+				ok = st.IsMember(e.Sender)
+			}
+		}
+		if ok {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// ingest stores verified envelopes in one batch and shows the new ones.
+// Envelopes that collide with a different stored envelope for the same
+// slot are dropped (the first one stays).
+func (g *Group) ingest(from peer.ID, envs []*gossip.Envelope) {
+	if len(envs) == 0 {
+		return
+	}
+	now := time.Now()
+	batch := make([]store.NewMessage, 0, len(envs))
+	for _, e := range envs {
+		rec, err := proto.Marshal(&wire.MessageRecord{Envelope: e.Signed, ReceivedAtMs: now.UnixMilli()})
+		if err != nil {
+			return
+		}
+		batch = append(batch, store.NewMessage{Sender: []byte(e.Sender), Seq: e.Seq, Record: rec})
+	}
+	stored, err := g.n.store.PutMessages(g.id, batch)
+	if err != nil {
+		g.n.log.Warn("store messages", "group", g.id.ShortString(), "err", err)
+		return
+	}
+	var bad []*gossip.Envelope
+	stale := false
+	g.mu.Lock()
+	for i, e := range envs {
+		if !stored[i] {
+			continue
+		}
+		m := g.messageLocked(e, now)
+		if m == nil {
+			bad = append(bad, e)
+			continue
+		}
+		if m.Status == StatusWaitingForKey {
+			g.waiting[e.KeyID] = append(g.waiting[e.KeyID], msgRef{e.Sender, e.Seq})
+			g.wantKeyLocked(e.KeyID)
+		}
+		g.deliverLocked(m)
+		stale = stale || !g.roster.Knows(e.RosterHeads)
+	}
+	g.mu.Unlock()
+	for _, e := range bad {
+		g.markUndecryptable(e, now)
+	}
+	if stale {
+		g.fetchRoster(from)
+	}
+}
+
+// randomTopicPeer picks a peer to sync with.
+func (g *Group) randomTopicPeer() peer.ID {
+	peers := g.Peers()
+	if len(peers) == 0 {
+		return ""
+	}
+	return peers[rand.IntN(len(peers))]
+}
+
+// scheduleResync syncs with p again once the mesh has settled.
+func (g *Group) scheduleResync(p peer.ID) {
+	g.mu.Lock()
+	g.resyncAt[p] = time.Now().Add(g.n.params.MeshSettle)
+	g.mu.Unlock()
+	g.nudge()
+}
+
+// dueSyncsLocked returns the peers to sync with now and when to look again.
+// An empty peer ID stands for "any topic peer".
+func (g *Group) dueSyncsLocked(now time.Time) (due []peer.ID, next time.Time) {
+	for p, at := range g.resyncAt {
+		if now.Before(at) {
+			if next.IsZero() || at.Before(next) {
+				next = at
+			}
+			continue
+		}
+		delete(g.resyncAt, p)
+		due = append(due, p)
+	}
+	if g.gapSeen {
+		g.gapSeen = false
+		due = append(due, "")
+	}
+	if g.nextPeriodicSync.IsZero() {
+		g.nextPeriodicSync = now.Add(g.n.params.SyncInterval)
+	}
+	if !now.Before(g.nextPeriodicSync) {
+		g.nextPeriodicSync = now.Add(g.n.params.SyncInterval)
+		due = append(due, "")
+	}
+	if next.IsZero() || g.nextPeriodicSync.Before(next) {
+		next = g.nextPeriodicSync
+	}
+	return due, next
+}

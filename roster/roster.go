@@ -1,0 +1,464 @@
+package roster
+
+import (
+	"container/heap"
+	"fmt"
+	"slices"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// bitset is a set of op indices.
+type bitset []uint64
+
+func newBitset(n int) bitset { return make(bitset, (n+63)/64) }
+
+func (b bitset) has(i int) bool {
+	w := i >> 6
+	return w < len(b) && b[w]&(1<<(uint(i)&63)) != 0
+}
+
+func (b bitset) set(i int) { b[i>>6] |= 1 << (uint(i) & 63) }
+
+// or merges o into b; o must not be longer than b.
+func (b bitset) or(o bitset) {
+	for i, w := range o {
+		b[i] |= w
+	}
+}
+
+// node is an applied op.
+type node struct {
+	op  *Op
+	idx int    // local insertion index; insertion order is topological
+	anc bitset // strict ancestors (all have smaller indices)
+}
+
+// Roster holds one group's op DAG: the applied ops, the pending ops waiting
+// for parents, and the cached resolution. It is not safe for concurrent use,
+// not even of the read methods (State, StateAt, Effective and Ops fill
+// caches): the caller serializes all calls with one exclusive lock.
+type Roster struct {
+	id      GroupID
+	name    string
+	founder peer.ID
+
+	nodes []*node
+	byID  map[OpID]*node
+	heads map[OpID]struct{}
+
+	pending  map[OpID]*Op
+	waiters  map[OpID][]OpID // absent parent -> pending ops that name it
+	rejected map[OpID]struct{}
+
+	addsOf   map[peer.ID][]int // add ops targeting a peer; the create op for the founder
+	remsOf   map[peer.ID][]int // remove ops targeting a peer and leave ops by it
+	byAuthor map[peer.ID][]int
+
+	res     *resolution // resolution of all applied ops; nil when stale
+	order   []*Op       // cached Ops(); nil when stale
+	atCache map[string]*State
+}
+
+const maxAtCache = 128
+
+// New starts a roster from its group's create op.
+func New(create *Op) (*Roster, error) {
+	if create == nil || !create.verified {
+		return nil, fmt.Errorf("%w: op was not built by Decode, Parse or New*", ErrMalformed)
+	}
+	if create.Kind != KindCreate {
+		return nil, fmt.Errorf("%w: a roster starts from a create op, not %s", ErrMalformed, create.Kind)
+	}
+	r := &Roster{
+		id:       create.ID,
+		name:     create.Name,
+		founder:  create.Author,
+		byID:     make(map[OpID]*node),
+		heads:    make(map[OpID]struct{}),
+		pending:  make(map[OpID]*Op),
+		waiters:  make(map[OpID][]OpID),
+		rejected: make(map[OpID]struct{}),
+		addsOf:   make(map[peer.ID][]int),
+		remsOf:   make(map[peer.ID][]int),
+		byAuthor: make(map[peer.ID][]int),
+		atCache:  make(map[string]*State),
+	}
+	r.attach(create, bitset{})
+	return r, nil
+}
+
+// ID returns the group ID (the ID of the create op).
+func (r *Roster) ID() GroupID { return r.id }
+
+// Name returns the group name from the create op.
+func (r *Roster) Name() string { return r.name }
+
+// Founder returns the author of the create op.
+func (r *Roster) Founder() peer.ID { return r.founder }
+
+// Len returns the number of applied ops.
+func (r *Roster) Len() int { return len(r.nodes) }
+
+// Insert adds a verified op. Ops whose parents are not all applied are kept
+// as pending and applied as soon as the parents arrive. It returns the ops
+// that this call applied, each after its parents. A duplicate (applied or
+// pending) is a no-op. An op of another group fails with ErrWrongGroup. An
+// op whose author is neither the founder nor the target of an add op in its
+// causal past fails with ErrNotAuthorized once its parents are present; it
+// is discarded with the pending ops that depend on it, and later ops that
+// name it as a parent fail the same way. Pending ops that this call
+// discards in cascade do not make it fail.
+func (r *Roster) Insert(op *Op) ([]*Op, error) {
+	if op == nil || !op.verified {
+		return nil, fmt.Errorf("%w: op was not built by Decode, Parse or New*", ErrMalformed)
+	}
+	if op.Group != r.id {
+		return nil, fmt.Errorf("%w: op %s is of group %s, not %s", ErrWrongGroup, op.ID.ShortString(), op.Group.ShortString(), r.id.ShortString())
+	}
+	if _, ok := r.byID[op.ID]; ok {
+		return nil, nil
+	}
+	if _, ok := r.pending[op.ID]; ok {
+		return nil, nil
+	}
+	if _, ok := r.rejected[op.ID]; ok {
+		return nil, fmt.Errorf("%w: op %s was rejected before", ErrNotAuthorized, op.ID.ShortString())
+	}
+	if op.Kind == KindCreate {
+		// Unreachable: a create op's group is its own ID, so it is either
+		// this roster's create (applied) or of another group.
+		return nil, fmt.Errorf("%w: second create op", ErrWrongGroup)
+	}
+	var missing []OpID
+	for _, p := range op.Parents {
+		if _, ok := r.rejected[p]; ok {
+			r.discard(op.ID)
+			return nil, fmt.Errorf("%w: op %s depends on rejected op %s", ErrNotAuthorized, op.ID.ShortString(), p.ShortString())
+		}
+		if _, ok := r.byID[p]; !ok {
+			missing = append(missing, p)
+		}
+	}
+	if len(missing) > 0 {
+		r.pending[op.ID] = op
+		for _, p := range missing {
+			r.waiters[p] = append(r.waiters[p], op.ID)
+		}
+		return nil, nil
+	}
+	if err := r.apply(op); err != nil {
+		r.discard(op.ID)
+		return nil, err
+	}
+	return r.drain(op), nil
+}
+
+// drain applies the pending ops that first were waiting for the ops applied
+// from start on, breadth first.
+func (r *Roster) drain(start *Op) []*Op {
+	applied := []*Op{start}
+	for i := 0; i < len(applied); i++ {
+		id := applied[i].ID
+		ws := r.waiters[id]
+		delete(r.waiters, id)
+		for _, w := range ws {
+			op, ok := r.pending[w]
+			if !ok || !r.parentsApplied(op) {
+				continue
+			}
+			delete(r.pending, w)
+			if err := r.apply(op); err != nil {
+				r.discard(w)
+				continue
+			}
+			applied = append(applied, op)
+		}
+	}
+	r.res, r.order = nil, nil
+	return applied
+}
+
+func (r *Roster) parentsApplied(op *Op) bool {
+	for _, p := range op.Parents {
+		if _, ok := r.byID[p]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// discard rejects id and every pending op that depends on it.
+func (r *Roster) discard(id OpID) {
+	stack := []OpID{id}
+	for len(stack) > 0 {
+		id := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		r.rejected[id] = struct{}{}
+		delete(r.pending, id)
+		for _, w := range r.waiters[id] {
+			if _, ok := r.pending[w]; ok {
+				stack = append(stack, w)
+			}
+		}
+		delete(r.waiters, id)
+	}
+}
+
+// apply attaches an op whose parents are all applied, after checking that
+// its author was ever a member in its causal past.
+func (r *Roster) apply(op *Op) error {
+	anc := newBitset(len(r.nodes))
+	for _, p := range op.Parents {
+		pn := r.byID[p]
+		anc.or(pn.anc)
+		anc.set(pn.idx)
+	}
+	if op.Author != r.founder && !r.anyIn(r.addsOf[op.Author], anc) {
+		return fmt.Errorf("%w: op %s by %s", ErrNotAuthorized, op.ID.ShortString(), op.Author)
+	}
+	r.attach(op, anc)
+	return nil
+}
+
+func (r *Roster) anyIn(idxs []int, set bitset) bool {
+	for _, i := range idxs {
+		if set.has(i) {
+			return true
+		}
+	}
+	return false
+}
+
+func (r *Roster) attach(op *Op, anc bitset) {
+	n := &node{op: op, idx: len(r.nodes), anc: anc}
+	r.nodes = append(r.nodes, n)
+	r.byID[op.ID] = n
+	for _, p := range op.Parents {
+		delete(r.heads, p)
+	}
+	r.heads[op.ID] = struct{}{}
+	switch op.Kind {
+	case KindCreate:
+		r.addsOf[op.Author] = append(r.addsOf[op.Author], n.idx)
+	case KindAdd:
+		r.addsOf[op.Member] = append(r.addsOf[op.Member], n.idx)
+	case KindRemove:
+		r.remsOf[op.Member] = append(r.remsOf[op.Member], n.idx)
+	case KindLeave:
+		r.remsOf[op.Author] = append(r.remsOf[op.Author], n.idx)
+	}
+	r.byAuthor[op.Author] = append(r.byAuthor[op.Author], n.idx)
+}
+
+// Has reports whether the op is applied (not merely pending).
+func (r *Roster) Has(id OpID) bool {
+	_, ok := r.byID[id]
+	return ok
+}
+
+// Op returns an applied op.
+func (r *Roster) Op(id OpID) (*Op, bool) {
+	n, ok := r.byID[id]
+	if !ok {
+		return nil, false
+	}
+	return n.op, true
+}
+
+// IsPending reports whether the op is held waiting for parents.
+func (r *Roster) IsPending(id OpID) bool {
+	_, ok := r.pending[id]
+	return ok
+}
+
+// Missing returns, sorted, the parents named by pending ops that are
+// neither applied nor pending.
+func (r *Roster) Missing() []OpID {
+	set := make(map[OpID]struct{})
+	for _, op := range r.pending {
+		for _, p := range op.Parents {
+			if _, ok := r.byID[p]; ok {
+				continue
+			}
+			if _, ok := r.pending[p]; ok {
+				continue
+			}
+			set[p] = struct{}{}
+		}
+	}
+	return sortedIDs(set)
+}
+
+// PendingCount returns the number of ops waiting for parents.
+func (r *Roster) PendingCount() int { return len(r.pending) }
+
+// Heads returns the applied ops that no applied op names as a parent, sorted.
+func (r *Roster) Heads() []OpID { return sortedIDs(r.heads) }
+
+func sortedIDs(set map[OpID]struct{}) []OpID {
+	out := make([]OpID, 0, len(set))
+	for id := range set {
+		out = append(out, id)
+	}
+	slices.SortFunc(out, OpID.Compare)
+	return out
+}
+
+// Ops returns all applied ops in a deterministic topological order: Kahn's
+// algorithm, ties broken by the lowest op ID.
+func (r *Roster) Ops() []*Op {
+	if r.order == nil {
+		r.order = r.topoOrder()
+	}
+	return slices.Clone(r.order)
+}
+
+type idHeap []*node
+
+func (h idHeap) Len() int           { return len(h) }
+func (h idHeap) Less(i, j int) bool { return h[i].op.ID.Compare(h[j].op.ID) < 0 }
+func (h idHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *idHeap) Push(x any)        { *h = append(*h, x.(*node)) }
+func (h *idHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
+}
+
+func (r *Roster) topoOrder() []*Op {
+	indeg := make([]int, len(r.nodes))
+	children := make([][]int, len(r.nodes))
+	h := &idHeap{}
+	for _, n := range r.nodes {
+		indeg[n.idx] = len(n.op.Parents)
+		for _, p := range n.op.Parents {
+			pi := r.byID[p].idx
+			children[pi] = append(children[pi], n.idx)
+		}
+		if indeg[n.idx] == 0 {
+			*h = append(*h, n)
+		}
+	}
+	heap.Init(h)
+	out := make([]*Op, 0, len(r.nodes))
+	for h.Len() > 0 {
+		n := heap.Pop(h).(*node)
+		out = append(out, n.op)
+		for _, c := range children[n.idx] {
+			if indeg[c]--; indeg[c] == 0 {
+				heap.Push(h, r.nodes[c])
+			}
+		}
+	}
+	return out
+}
+
+// Effective reports whether the applied op takes effect in the current
+// resolution. Unknown, pending and rejected ops are not effective.
+func (r *Roster) Effective(id OpID) bool {
+	n, ok := r.byID[id]
+	if !ok {
+		return false
+	}
+	return r.resolution().eff[n.idx]
+}
+
+// State returns the resolution of all applied ops. The result is a copy.
+func (r *Roster) State() *State {
+	return r.resolution().state.clone()
+}
+
+func (r *Roster) resolution() *resolution {
+	if r.res == nil {
+		r.res = r.resolve(nil, r.Heads(), len(r.nodes))
+	}
+	return r.res
+}
+
+// StateAt returns the resolution of exactly the causal closure of heads. It
+// fails with ErrUnknownOp if a head is not applied. The State's Heads are the
+// maximal ops of that closure (redundant heads are dropped).
+func (r *Roster) StateAt(heads []OpID) (*State, error) {
+	if len(heads) == 0 {
+		return nil, fmt.Errorf("%w: no heads", ErrUnknownOp)
+	}
+	univ, err := r.closure(heads)
+	if err != nil {
+		return nil, err
+	}
+	norm := make(map[OpID]struct{}, len(heads))
+	for _, h := range heads {
+		hn := r.byID[h]
+		redundant := false
+		for _, o := range heads {
+			if r.byID[o].anc.has(hn.idx) {
+				redundant = true
+				break
+			}
+		}
+		if !redundant {
+			norm[h] = struct{}{}
+		}
+	}
+	nh := sortedIDs(norm)
+	key := make([]byte, 0, 32*len(nh))
+	for _, h := range nh {
+		key = append(key, h[:]...)
+	}
+	// The closure of applied ops never changes, so cached entries stay valid.
+	if st, ok := r.atCache[string(key)]; ok {
+		return st.clone(), nil
+	}
+	size := 0
+	for _, w := range univ {
+		size += popcount(w)
+	}
+	st := r.resolve(univ, nh, size).state
+	if len(r.atCache) >= maxAtCache {
+		clear(r.atCache)
+	}
+	r.atCache[string(key)] = st
+	return st.clone(), nil
+}
+
+// closure returns the causal closure of ids as a bitset.
+func (r *Roster) closure(ids []OpID) (bitset, error) {
+	set := newBitset(len(r.nodes))
+	for _, id := range ids {
+		n, ok := r.byID[id]
+		if !ok {
+			return nil, fmt.Errorf("%w: %s", ErrUnknownOp, id.ShortString())
+		}
+		set.or(n.anc)
+		set.set(n.idx)
+	}
+	return set, nil
+}
+
+// Knows reports whether every op in heads is applied.
+func (r *Roster) Knows(heads []OpID) bool {
+	for _, h := range heads {
+		if _, ok := r.byID[h]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// Descends reports whether closure(b) ⊆ closure(a). It is false when an op
+// of a or b is not applied.
+func (r *Roster) Descends(a, b []OpID) bool {
+	ca, err := r.closure(a)
+	if err != nil {
+		return false
+	}
+	for _, id := range b {
+		n, ok := r.byID[id]
+		if !ok || !ca.has(n.idx) {
+			return false
+		}
+	}
+	return true
+}
