@@ -371,6 +371,19 @@ func TestTopicMessageBounds(t *testing.T) {
 	if err != nil || !proto.Equal(m, atMax) {
 		t.Fatalf("DecodeTopicMessage at the bound: %v", err)
 	}
+	// One byte over is refused both ways.
+	overByOne := proto.Clone(atMax).(*wire.TopicMessage)
+	overByOne.GetEnvelope().Body = append(overByOne.GetEnvelope().Body, 0)
+	raw, err = proto.Marshal(overByOne)
+	if err != nil || len(raw) != gossip.MaxTopicMessageSize+1 {
+		t.Fatalf("test message is %d bytes: %v", len(raw), err)
+	}
+	if _, err := gossip.EncodeTopicMessage(overByOne); !errors.Is(err, gossip.ErrTooLarge) {
+		t.Fatalf("EncodeTopicMessage one byte over: err = %v, want ErrTooLarge", err)
+	}
+	if _, err := gossip.DecodeTopicMessage(raw); !errors.Is(err, gossip.ErrTooLarge) {
+		t.Fatalf("DecodeTopicMessage one byte over: err = %v, want ErrTooLarge", err)
+	}
 
 	for name, data := range map[string][]byte{
 		"empty":          {},

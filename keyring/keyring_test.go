@@ -154,6 +154,47 @@ func TestGoldenDerive(t *testing.T) {
 	}
 }
 
+// goldenSealed is XChaCha20-Poly1305 of "golden" under the golden secret,
+// nonce 0x60..0x77, sender goldenSender, seq 7, with the AD
+// "p2pchat/v1/msg" 0x00 group key_id len(sender) sender seq(8, big endian),
+// checked against an independent Python HChaCha20 + ChaCha20-Poly1305.
+const goldenSealed = "24342f28dd3f85a34a02e42900b99d3b0672c7baec2c"
+
+func goldenSender(t testing.TB) peer.ID {
+	t.Helper()
+	priv, _, err := crypto.GenerateEd25519Key(bytes.NewReader(seqBytes(0x01, 32)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := peer.IDFromPrivateKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+func TestGoldenSeal(t *testing.T) {
+	group, secret, _ := goldenInputs()
+	k, err := keyring.FromSecret(secret, keyring.Meta{Group: group, KeyID: keyring.ComputeID(group, secret)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sender := goldenSender(t)
+	nonce, ct, err := k.Seal(bytes.NewReader(seqBytes(0x60, 24)), sender, 7, []byte("golden"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(nonce, seqBytes(0x60, 24)) {
+		t.Fatalf("nonce %x is not the first 24 random bytes", nonce)
+	}
+	if got := hex.EncodeToString(ct); got != goldenSealed {
+		t.Errorf("sealed = %s, want %s (sender %x)", got, goldenSealed, []byte(sender))
+	}
+	if pt, err := k.Open(sender, 7, nonce, ct); err != nil || string(pt) != "golden" {
+		t.Fatalf("golden ciphertext does not open: %v", err)
+	}
+}
+
 func TestFromSecret(t *testing.T) {
 	_, alice := testPeer(t, 1)
 	group := groupID("g")
@@ -183,6 +224,9 @@ func TestFromSecret(t *testing.T) {
 		{"empty secret", nil, k.Meta},
 		{"meta of another group", secret, otherGroup},
 		{"zero key id", secret, keyring.Meta{Group: group}},
+		// The ID commits to 33 bytes: the key must still be 32 bytes.
+		{"long secret matching its id", append(slices.Clone(secret), 1), keyring.Meta{Group: group, KeyID: keyring.ComputeID(group, append(slices.Clone(secret), 1))}},
+		{"short secret matching its id", secret[:31], keyring.Meta{Group: group, KeyID: keyring.ComputeID(group, secret[:31])}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -16,7 +16,6 @@ import (
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/host"
-	"github.com/libp2p/go-msgio"
 	"google.golang.org/protobuf/proto"
 	"slices"
 
@@ -276,8 +275,9 @@ type spy struct {
 	t     *testing.T
 	host  host.Host
 	ps    *pubsub.PubSub
-	topic *pubsub.Topic
-	sub   *pubsub.Subscription
+	topic   *pubsub.Topic
+	sub     *pubsub.Subscription
+	streams *gossip.Streams
 
 	mu        sync.Mutex
 	envelopes []*gossip.Envelope
@@ -300,25 +300,21 @@ func newSpy(t *testing.T, identity crypto.PrivKey) *spy {
 		t.Fatal(err)
 	}
 	s := &spy{t: t, host: h, ps: ps}
-	h.SetStreamHandler(gossip.KeyProtocol, func(st network.Stream) {
-		defer st.Close()
-		b, err := msgio.NewVarintReaderSize(st, gossip.MaxKeyFrame).ReadMsg()
-		if err != nil {
-			return
-		}
-		var tr wire.KeyTransfer
-		if proto.Unmarshal(b, &tr) == nil {
+	s.streams = gossip.NewStreams(h, gossip.Handlers{
+		Key: func(_ peer.ID, tr *wire.KeyTransfer) bool {
 			s.mu.Lock()
-			s.transfers = append(s.transfers, &tr)
+			s.transfers = append(s.transfers, tr)
 			s.mu.Unlock()
-		}
-		ack, _ := proto.Marshal(&wire.KeyTransferAck{Accepted: true})
-		_ = msgio.NewVarintWriter(st).WriteMsg(ack)
+			return true
+		},
+		Roster: func(peer.ID, [32]byte) ([]*wire.Signed, bool) { return nil, false },
+		Sync:   func(peer.ID, *wire.SyncRequest) (*wire.SyncResponse, bool) { return nil, false },
 	})
 	t.Cleanup(func() {
 		if s.sub != nil {
 			s.sub.Cancel()
 		}
+		s.streams.Close()
 		cancel()
 		_ = h.Close()
 	})

@@ -1,0 +1,113 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+// TestRestartKeepsState: a node closed and reopened on the same directory
+// has the same identity, groups, roster, keys and history, and chats on.
+func TestRestartKeepsState(t *testing.T) {
+	dir := t.TempDir()
+	a := newTestNode(t, filepath.Join(dir, "a"))
+	b := newTestNode(t, "")
+	connectAll(t, []*testNode{a, b})
+	gid := formGroup(t, []*testNode{a, b})
+	for i := 0; i < 5; i++ {
+		a.send(gid, fmt.Sprintf("a %d", i))
+		b.send(gid, fmt.Sprintf("b %d", i))
+	}
+	eventually(t, 10*time.Second, "a reads everything", func() bool { return len(a.rec.readable(gid)) == 10 })
+
+	ag := a.mustGroup(gid)
+	id, state, keys := a.ID(), ag.State(), ag.KeyIDs()
+	hist, err := ag.History()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	info, err := os.Stat(filepath.Join(dir, "a", "identity.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Mode().Perm() != 0o600 {
+		t.Fatalf("identity file mode %v, want 0600", info.Mode().Perm())
+	}
+
+	a2 := newTestNode(t, filepath.Join(dir, "a"))
+	if a2.ID() != id {
+		t.Fatalf("identity changed: %s -> %s", id, a2.ID())
+	}
+	g2, ok := a2.Group(gid)
+	if !ok {
+		t.Fatal("group lost on restart")
+	}
+	if g2.Name() != "test group" {
+		t.Fatalf("group name %q after restart", g2.Name())
+	}
+	st2 := g2.State()
+	if st2.Digest != state.Digest || !slices.Equal(st2.Members, state.Members) {
+		t.Fatal("roster changed across restart")
+	}
+	if k2 := g2.KeyIDs(); !slices.Equal(k2, keys) {
+		t.Fatalf("keys changed across restart: %d -> %d", len(keys), len(k2))
+	}
+	hist2, err := g2.History()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(hist2) != len(hist) {
+		t.Fatalf("history has %d messages after restart, %d before", len(hist2), len(hist))
+	}
+	for i := range hist {
+		if hist2[i].ID() != hist[i].ID() || hist2[i].Text != hist[i].Text || hist2[i].Status != StatusOK {
+			t.Fatalf("history entry %d differs: %+v vs %+v", i, hist2[i], hist[i])
+		}
+	}
+
+	// It chats on: sequence numbers continue, and b reads the new message.
+	connectAll(t, []*testNode{a2, b})
+	waitMesh(t, []*testNode{a2, b}, gid)
+	m := a2.send(gid, "after restart")
+	if m.Seq != 6 {
+		t.Fatalf("sequence restarted: %d", m.Seq)
+	}
+	eventually(t, 10*time.Second, "b reads the message sent after the restart", func() bool {
+		return b.rec.readable(gid)[m.ID()] == "after restart"
+	})
+}
+
+// TestCloseStopsEverything: Close leaves no goroutine of ours running.
+func TestCloseStopsEverything(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	func() {
+		nodes := []*testNode{newTestNode(t, t.TempDir()), newTestNode(t, "")}
+		connectAll(t, nodes)
+		gid := formGroup(t, nodes)
+		nodes[0].send(gid, "x")
+		eventually(t, 10*time.Second, "delivery", func() bool { return len(nodes[1].rec.readable(gid)) == 1 })
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := nodes[0].mustGroup(gid).Remove(ctx, nodes[1].ID()); err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range nodes {
+			if err := n.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if err := n.Close(); err != nil {
+				t.Fatal("second Close:", err)
+			}
+			<-n.rec.done
+		}
+	}()
+}
