@@ -817,7 +817,9 @@ func TestKeyFrameBound(t *testing.T) {
 		<-werr
 		return resp, err
 	}
-	frame := func(payload []byte) []byte { return append(binary.AppendUvarint(nil, uint64(len(payload))), payload...) }
+	frame := func(payload []byte) []byte {
+		return append(binary.AppendUvarint(nil, uint64(len(payload))), payload...)
+	}
 
 	// Exactly MaxKeyFrame: 1 tag byte + 3 length bytes + key.
 	atMax, err := proto.Marshal(&wire.KeyTransfer{Key: make([]byte, gossip.MaxKeyFrame-4)})
@@ -928,7 +930,7 @@ func TestStreamsCloseWaitsAndUnregisters(t *testing.T) {
 		t.Fatalf("handler ran %d times, want 1", n)
 	}
 	for _, p := range h2.Mux().Protocols() {
-		if p == gossip.KeyProtocol || p == gossip.RosterProtocol {
+		if p == gossip.KeyProtocol || p == gossip.RosterProtocol || p == gossip.SyncProtocol {
 			t.Fatalf("protocol %s still registered after Close", p)
 		}
 	}

@@ -2,6 +2,7 @@ package node
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -100,6 +101,7 @@ func (k EventKind) String() string {
 // event on a node, so a subscriber can tell whether it missed any.
 type Event struct {
 	Seq     uint64
+	Time    time.Time // when the node emitted the event
 	Kind    EventKind
 	Group   roster.GroupID
 	Message *Message        // EventMessage, EventMessageDecrypted
@@ -223,6 +225,7 @@ func (h *hub) publish(e Event) {
 	defer h.mu.Unlock()
 	h.seq++
 	e.Seq = h.seq
+	e.Time = time.Now()
 	for s := range h.subs {
 		s.push(e)
 	}
@@ -237,5 +240,29 @@ func (h *hub) closeAll() {
 	h.mu.Unlock()
 	for _, s := range subs {
 		s.Close()
+	}
+}
+
+// Stats are counters of a node's protocol work since it started.
+type Stats struct {
+	KeyTransfersSent     uint64 // key transfer streams that delivered a key
+	KeyTransfersAccepted uint64 // keys received from peers and accepted
+	KeyRequestsSent      uint64 // key requests published
+	KeysGenerated        uint64 // rotations: fresh random keys
+	EnvelopesSynced      uint64 // envelopes stored from history sync
+}
+
+type stats struct {
+	keyTransfersSent, keyTransfersAccepted, keyRequestsSent, keysGenerated, envelopesSynced atomic.Uint64
+}
+
+// Stats returns the node's counters.
+func (n *Node) Stats() Stats {
+	return Stats{
+		KeyTransfersSent:     n.stats.keyTransfersSent.Load(),
+		KeyTransfersAccepted: n.stats.keyTransfersAccepted.Load(),
+		KeyRequestsSent:      n.stats.keyRequestsSent.Load(),
+		KeysGenerated:        n.stats.keysGenerated.Load(),
+		EnvelopesSynced:      n.stats.envelopesSynced.Load(),
 	}
 }

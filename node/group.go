@@ -751,6 +751,7 @@ func (g *Group) rotateLocked() (*keyring.Key, error) {
 		return nil, err
 	}
 	g.rotateAt = time.Time{}
+	g.n.stats.keysGenerated.Add(1)
 	g.n.log.Debug("rotated", "group", g.id.ShortString(), "key", k)
 	return k, nil
 }
@@ -811,7 +812,9 @@ func (g *Group) sendKeyTo(k *keyring.Key, to []peer.ID, requestNonce []byte) {
 			defer func() { <-sem }()
 			if err := g.n.streams.SendKey(g.ctx, p, t); err != nil {
 				g.n.log.Debug("key transfer failed", "peer", p.ShortString(), "key", k, "err", err)
+				return
 			}
+			g.n.stats.keyTransfersSent.Add(1)
 		})
 	}
 }

@@ -36,24 +36,29 @@ var testParams = Params{
 // connection gater the test can use to cut it off from peers.
 type testNode struct {
 	*Node
-	t     *testing.T
+	t     testing.TB
 	rec   *recorder
 	dir   string
 	gater *testGater
 }
 
-func newTestNode(t *testing.T, dir string) *testNode {
+func newTestNode(t testing.TB, dir string) *testNode {
 	t.Helper()
 	return newTestNodeWith(t, dir, nil)
 }
 
-func newTestNodeWith(t *testing.T, dir string, identity crypto.PrivKey) *testNode {
+func newTestNodeWith(t testing.TB, dir string, identity crypto.PrivKey) *testNode {
+	t.Helper()
+	return newTestNodeParams(t, dir, identity, testParams)
+}
+
+func newTestNodeParams(t testing.TB, dir string, identity crypto.PrivKey, params Params) *testNode {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	gater := &testGater{blocked: make(map[peer.ID]bool)}
 	n, err := New(ctx, Config{
-		Dir: dir, Identity: identity, ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"}, Params: testParams,
+		Dir: dir, Identity: identity, ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"}, Params: params,
 		HostOptions: []libp2p.Option{libp2p.ConnectionGater(gater)},
 	})
 	if err != nil {
@@ -104,7 +109,7 @@ func partition(sideA, sideB []*testNode) {
 }
 
 // heal lifts every block and reconnects all nodes.
-func heal(t *testing.T, nodes []*testNode) {
+func heal(t testing.TB, nodes []*testNode) {
 	for _, n := range nodes {
 		n.gater.mu.Lock()
 		clear(n.gater.blocked)
@@ -114,7 +119,7 @@ func heal(t *testing.T, nodes []*testNode) {
 }
 
 // newTestNodes starts n nodes and connects them all to each other.
-func newTestNodes(t *testing.T, n int) []*testNode {
+func newTestNodes(t testing.TB, n int) []*testNode {
 	t.Helper()
 	nodes := make([]*testNode, n)
 	for i := range nodes {
@@ -124,7 +129,7 @@ func newTestNodes(t *testing.T, n int) []*testNode {
 	return nodes
 }
 
-func connectAll(t *testing.T, nodes []*testNode) {
+func connectAll(t testing.TB, nodes []*testNode) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -142,7 +147,7 @@ func addrInfo(n *Node) peer.AddrInfo {
 }
 
 // eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+func eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
@@ -209,7 +214,7 @@ func (r *recorder) shown(group roster.GroupID) []*Message {
 // formGroup has nodes[0] create a group and add every other node, each of
 // which joins through nodes[0]; it waits until every member's topic sees
 // every other member.
-func formGroup(t *testing.T, nodes []*testNode) roster.GroupID {
+func formGroup(t testing.TB, nodes []*testNode) roster.GroupID {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -231,7 +236,7 @@ func formGroup(t *testing.T, nodes []*testNode) roster.GroupID {
 
 // waitMesh waits until every node is subscribed and sees every other node on
 // the group topic, and all agree on the membership.
-func waitMesh(t *testing.T, nodes []*testNode, gid roster.GroupID) {
+func waitMesh(t testing.TB, nodes []*testNode, gid roster.GroupID) {
 	t.Helper()
 	eventually(t, 20*time.Second, "topic peers and roster agreement", func() bool {
 		want := nodes[0].mustGroup(gid).State().Digest
@@ -272,9 +277,9 @@ func label(i int) string { return fmt.Sprintf("n%d", i) }
 // transfers sent to it. Tests use it as a malicious or removed member who
 // keeps listening.
 type spy struct {
-	t     *testing.T
-	host  host.Host
-	ps    *pubsub.PubSub
+	t       testing.TB
+	host    host.Host
+	ps      *pubsub.PubSub
 	topic   *pubsub.Topic
 	sub     *pubsub.Subscription
 	streams *gossip.Streams
@@ -284,7 +289,7 @@ type spy struct {
 	transfers []*wire.KeyTransfer
 }
 
-func newSpy(t *testing.T, identity crypto.PrivKey) *spy {
+func newSpy(t testing.TB, identity crypto.PrivKey) *spy {
 	t.Helper()
 	opts := []libp2p.Option{libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0")}
 	if identity != nil {
@@ -409,7 +414,7 @@ func canRead(e *gossip.Envelope, keys []*keyring.Key) bool {
 
 // waitSameSendingKey waits until every node sends with the same non-zero key
 // and returns it.
-func waitSameSendingKey(t *testing.T, nodes []*testNode, gid roster.GroupID, not ...keyring.ID) keyring.ID {
+func waitSameSendingKey(t testing.TB, nodes []*testNode, gid roster.GroupID, not ...keyring.ID) keyring.ID {
 	t.Helper()
 	var id keyring.ID
 	eventually(t, 20*time.Second, "all members agree on a new sending key", func() bool {

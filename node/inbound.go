@@ -538,7 +538,9 @@ func (g *Group) tick(now time.Time) time.Time {
 		cancel()
 		if err != nil {
 			g.n.log.Debug("publish key request", "err", err)
+			continue
 		}
+		g.n.stats.keyRequestsSent.Add(1)
 	}
 	return next
 }

@@ -120,6 +120,7 @@ func (g *Group) acceptKey(from peer.ID, k *keyring.Key, requestNonce []byte) boo
 		g.n.log.Warn("store key", "group", g.id.ShortString(), "err", err)
 		return false
 	}
+	g.n.stats.keyTransfersAccepted.Add(1)
 	g.keyArrivedLocked(k)
 	g.noteSendingKeyLocked()
 	return true

@@ -146,6 +146,7 @@ type Node struct {
 	params  Params
 	rand    io.Reader
 	events  *hub
+	stats   stats
 
 	ownsHost bool
 	ctx      context.Context // cancelled by Close; parent of every goroutine

@@ -198,7 +198,7 @@ func (g *Group) syncHistory(ctx context.Context, p peer.ID) error {
 				g.onOps("", ops)
 			}
 		}
-		g.ingest(p, g.admissible(envs))
+		g.n.stats.envelopesSynced.Add(uint64(g.ingest(p, g.admissible(envs))))
 		if !resp.More {
 			return nil
 		}
@@ -241,23 +241,23 @@ func (g *Group) admissible(envs []*gossip.Envelope) []*gossip.Envelope {
 // ingest stores verified envelopes in one batch and shows the new ones.
 // Envelopes that collide with a different stored envelope for the same
 // slot are dropped (the first one stays).
-func (g *Group) ingest(from peer.ID, envs []*gossip.Envelope) {
+func (g *Group) ingest(from peer.ID, envs []*gossip.Envelope) (added int) {
 	if len(envs) == 0 {
-		return
+		return 0
 	}
 	now := time.Now()
 	batch := make([]store.NewMessage, 0, len(envs))
 	for _, e := range envs {
 		rec, err := proto.Marshal(&wire.MessageRecord{Envelope: e.Signed, ReceivedAtMs: now.UnixMilli()})
 		if err != nil {
-			return
+			return 0
 		}
 		batch = append(batch, store.NewMessage{Sender: []byte(e.Sender), Seq: e.Seq, Record: rec})
 	}
 	stored, err := g.n.store.PutMessages(g.id, batch)
 	if err != nil {
 		g.n.log.Warn("store messages", "group", g.id.ShortString(), "err", err)
-		return
+		return 0
 	}
 	var bad []*gossip.Envelope
 	stale := false
@@ -266,6 +266,7 @@ func (g *Group) ingest(from peer.ID, envs []*gossip.Envelope) {
 		if !stored[i] {
 			continue
 		}
+		added++
 		m := g.messageLocked(e, now)
 		if m == nil {
 			bad = append(bad, e)
@@ -285,6 +286,7 @@ func (g *Group) ingest(from peer.ID, envs []*gossip.Envelope) {
 	if stale {
 		g.fetchRoster(from)
 	}
+	return added
 }
 
 // randomTopicPeer picks a peer to sync with.
