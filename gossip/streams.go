@@ -49,8 +49,18 @@ type Streams struct {
 	closed   bool
 }
 
-// NewStreams registers the protocol handlers on h.
+// NewStreams registers the protocol handlers on h. A nil handler refuses
+// every request of its protocol.
 func NewStreams(h host.Host, handlers Handlers) *Streams {
+	if handlers.Key == nil {
+		handlers.Key = func(peer.ID, *wire.KeyTransfer) bool { return false }
+	}
+	if handlers.Roster == nil {
+		handlers.Roster = func(peer.ID, [32]byte) ([]*wire.Signed, bool) { return nil, false }
+	}
+	if handlers.Sync == nil {
+		handlers.Sync = func(peer.ID, *wire.SyncRequest) (*wire.SyncResponse, bool) { return nil, false }
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Streams{host: h, handlers: handlers, ctx: ctx, cancel: cancel}
 	h.SetStreamHandler(KeyProtocol, s.track(s.serveKey))

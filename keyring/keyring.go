@@ -138,8 +138,10 @@ func MetaFromWire(w *wire.KeyMeta) (Meta, error) {
 		}
 		m.RosterHeads = append(m.RosterHeads, id)
 	}
-	if !slices.IsSortedFunc(m.RosterHeads, compareOpIDs) {
-		return m, fmt.Errorf("%w: roster heads not sorted", ErrMalformedMeta)
+	for i := 1; i < len(m.RosterHeads); i++ {
+		if compareOpIDs(m.RosterHeads[i-1], m.RosterHeads[i]) >= 0 {
+			return m, fmt.Errorf("%w: roster heads not sorted and unique", ErrMalformedMeta)
+		}
 	}
 	if len(w.Recipients) == 0 || len(w.Recipients) > maxRecipients {
 		return m, fmt.Errorf("%w: %d recipients", ErrMalformedMeta, len(w.Recipients))
@@ -201,9 +203,15 @@ func (k *Key) ID() ID { return k.Meta.KeyID }
 func (k *Key) Secret() []byte { return slices.Clone(k.secret[:]) }
 
 // LogValue logs the key's ID and recipient count, never its bytes.
-func (k *Key) LogValue() slog.Value {
+func (k Key) LogValue() slog.Value {
 	return slog.GroupValue(slog.String("key_id", k.Meta.KeyID.Short()), slog.Int("recipients", len(k.Meta.Recipients)))
 }
+
+// String names the key by its ID, so fmt never prints the secret.
+func (k Key) String() string { return "key:" + k.Meta.KeyID.Short() }
+
+// GoString keeps %#v from printing the secret.
+func (k Key) GoString() string { return k.String() }
 
 // Generate makes a fresh random key for the roster state heads, entitled to
 // recipients.

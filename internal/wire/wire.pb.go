@@ -547,7 +547,7 @@ type KeyMeta struct {
 	GroupId     []byte                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
 	KeyId       []byte                 `protobuf:"bytes,2,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`                   // SHA-256("p2pchat/v1/key-id" 0x00 group_id key)
 	Creator     []byte                 `protobuf:"bytes,3,opt,name=creator,proto3" json:"creator,omitempty"`                            // peer ID that generated (or derived) the key
-	RosterHeads [][]byte               `protobuf:"bytes,4,rep,name=roster_heads,json=rosterHeads,proto3" json:"roster_heads,omitempty"` // roster state the key was made for, sorted
+	RosterHeads [][]byte               `protobuf:"bytes,4,rep,name=roster_heads,json=rosterHeads,proto3" json:"roster_heads,omitempty"` // roster state the key was made for, sorted, unique
 	Recipients  [][]byte               `protobuf:"bytes,5,rep,name=recipients,proto3" json:"recipients,omitempty"`                      // members of that state, sorted: the only peers entitled to it
 	// For a key derived on an add: the parent key and the add op. The key is
 	// HKDF-SHA256(parent key, salt = add op ID, info = "p2pchat/v1/derive" 0x00 group_id).
@@ -832,7 +832,8 @@ func (x *KeyRequest) GetAttempt() uint32 {
 }
 
 // Envelope is one chat message. ciphertext = XChaCha20-Poly1305(key, nonce,
-// Content, ad = "p2pchat/v1/msg" 0x00 group_id key_id sender seq(8 bytes, big endian)).
+// Content, ad = "p2pchat/v1/msg" 0x00 group_id(32) key_id(32) len(sender)(1 byte)
+// sender seq(8 bytes, big endian)).
 type Envelope struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	GroupId       []byte                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
