@@ -135,7 +135,17 @@ func connectAll(t testing.TB, nodes []*testNode) {
 	defer cancel()
 	for i, a := range nodes {
 		for _, b := range nodes[i+1:] {
-			if err := a.Host().Connect(ctx, addrInfo(b.Node)); err != nil {
+			// Two peers dialing each other at once from their reused listen
+			// ports make a TCP simultaneous open, which fails the security
+			// handshake on both sides; a retry resolves it.
+			var err error
+			for try := 0; try < 5; try++ {
+				if err = a.Host().Connect(ctx, addrInfo(b.Node)); err == nil {
+					break
+				}
+				time.Sleep(time.Duration(10*(try+1)) * time.Millisecond)
+			}
+			if err != nil {
 				t.Fatalf("connect: %v", err)
 			}
 		}

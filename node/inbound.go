@@ -21,6 +21,7 @@ import (
 // Limits on what the node keeps for others.
 const (
 	maxHeldEnvelopes = 1024             // envelopes held for a roster we lack
+	maxPendingOps    = 4096             // roster ops waiting for their parents
 	keyRequestRate   = 1.0              // accepted key requests per second per requester
 	keyRequestBurst  = 20.0             // and in a burst
 	keyRequestMaxAge = 10 * time.Minute // older (or future) requests are ignored
@@ -159,6 +160,9 @@ func (g *Group) onOps(from peer.ID, ops []*roster.Op) {
 	g.mu.Lock()
 	var applied []*roster.Op
 	for _, op := range ops {
+		if !g.roster.Knows(op.Parents) && g.roster.PendingCount() >= maxPendingOps {
+			continue // a flood of ops with invented parents; a later sync brings real ones
+		}
 		a, err := g.roster.Insert(op)
 		if err != nil {
 			if !errors.Is(err, roster.ErrNotAuthorized) {

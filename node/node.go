@@ -76,6 +76,11 @@ type Config struct {
 	Params Params
 	// Rand is the source of randomness; nil means crypto/rand.
 	Rand io.Reader
+	// MDNS announces the node on the LAN and connects to p2pchat peers found
+	// there.
+	MDNS bool
+	// Bootstrap peers are dialed at start and whenever disconnected.
+	Bootstrap []peer.AddrInfo
 }
 
 // Params are the node's timing knobs.
@@ -151,6 +156,8 @@ type Node struct {
 	ownsHost bool
 	ctx      context.Context // cancelled by Close; parent of every goroutine
 	cancel   context.CancelFunc
+	wg       sync.WaitGroup // node-level goroutines (address book, reconnect, mDNS dials)
+	mdns     interface{ Close() error }
 
 	mu       sync.Mutex
 	groups   map[roster.GroupID]*Group
@@ -184,6 +191,10 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	defer func() {
 		if !ok {
 			n.cancel()
+			if n.mdns != nil {
+				_ = n.mdns.Close()
+			}
+			n.wg.Wait()
 			if n.streams != nil {
 				n.streams.Close()
 			}
@@ -253,6 +264,9 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	if err := n.loadGroups(); err != nil {
 		return nil, err
 	}
+	if err := n.startNetworking(cfg); err != nil {
+		return nil, err
+	}
 	ok = true
 	return n, nil
 }
@@ -317,11 +331,15 @@ func (n *Node) Close() error {
 	}
 	n.mu.Unlock()
 
+	if n.mdns != nil {
+		_ = n.mdns.Close()
+	}
 	n.streams.Close()
 	for _, g := range groups {
 		g.stop()
 	}
 	n.cancel()
+	n.wg.Wait()
 	var errs []error
 	if n.ownsHost {
 		errs = append(errs, n.host.Close())

@@ -389,3 +389,17 @@ func (s *Store) PutMessages(gid [32]byte, msgs []NewMessage) ([]bool, error) {
 	}
 	return stored, nil
 }
+
+// tagAddr keys the address book: a peer ID -> an address record. It is not
+// group-scoped: one peer may be in several groups.
+const tagAddr byte = 'a'
+
+// PutAddrs writes a peer's address record.
+func (s *Store) PutAddrs(peerID []byte, record []byte) error {
+	return s.put(append([]byte{tagAddr}, peerID...), record)
+}
+
+// Addrs returns a peer's address record.
+func (s *Store) Addrs(peerID []byte) ([]byte, error) {
+	return s.get(append([]byte{tagAddr}, peerID...))
+}

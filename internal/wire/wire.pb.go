@@ -1505,6 +1505,130 @@ func (x *SyncResponse) GetMore() bool {
 	return false
 }
 
+// Invite is what `group invite` prints (base64url, prefixed "p2pchat:"). It
+// admits nobody: the roster does. It tells the invitee which group to
+// fetch and where to fetch it from.
+type Invite struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	GroupId       []byte                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Inviter       []byte                 `protobuf:"bytes,3,opt,name=inviter,proto3" json:"inviter,omitempty"` // peer ID
+	Addrs         [][]byte               `protobuf:"bytes,4,rep,name=addrs,proto3" json:"addrs,omitempty"`     // the inviter's multiaddrs (binary)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Invite) Reset() {
+	*x = Invite{}
+	mi := &file_wire_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Invite) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Invite) ProtoMessage() {}
+
+func (x *Invite) ProtoReflect() protoreflect.Message {
+	mi := &file_wire_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Invite.ProtoReflect.Descriptor instead.
+func (*Invite) Descriptor() ([]byte, []int) {
+	return file_wire_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *Invite) GetGroupId() []byte {
+	if x != nil {
+		return x.GroupId
+	}
+	return nil
+}
+
+func (x *Invite) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Invite) GetInviter() []byte {
+	if x != nil {
+		return x.Inviter
+	}
+	return nil
+}
+
+func (x *Invite) GetAddrs() [][]byte {
+	if x != nil {
+		return x.Addrs
+	}
+	return nil
+}
+
+// AddrRecord is the local address book entry for a peer (never sent).
+type AddrRecord struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Addrs         [][]byte               `protobuf:"bytes,1,rep,name=addrs,proto3" json:"addrs,omitempty"` // binary multiaddrs
+	SeenAtMs      int64                  `protobuf:"varint,2,opt,name=seen_at_ms,json=seenAtMs,proto3" json:"seen_at_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddrRecord) Reset() {
+	*x = AddrRecord{}
+	mi := &file_wire_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddrRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddrRecord) ProtoMessage() {}
+
+func (x *AddrRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_wire_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddrRecord.ProtoReflect.Descriptor instead.
+func (*AddrRecord) Descriptor() ([]byte, []int) {
+	return file_wire_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *AddrRecord) GetAddrs() [][]byte {
+	if x != nil {
+		return x.Addrs
+	}
+	return nil
+}
+
+func (x *AddrRecord) GetSeenAtMs() int64 {
+	if x != nil {
+		return x.SeenAtMs
+	}
+	return 0
+}
+
 var File_wire_proto protoreflect.FileDescriptor
 
 const file_wire_proto_rawDesc = "" +
@@ -1604,7 +1728,17 @@ const file_wire_proto_rawDesc = "" +
 	"\rmax_envelopes\x18\x03 \x01(\rR\fmaxEnvelopes\"Y\n" +
 	"\fSyncResponse\x125\n" +
 	"\tenvelopes\x18\x01 \x03(\v2\x17.p2pchat.wire.v1.SignedR\tenvelopes\x12\x12\n" +
-	"\x04more\x18\x02 \x01(\bR\x04more*l\n" +
+	"\x04more\x18\x02 \x01(\bR\x04more\"g\n" +
+	"\x06Invite\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\fR\agroupId\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
+	"\ainviter\x18\x03 \x01(\fR\ainviter\x12\x14\n" +
+	"\x05addrs\x18\x04 \x03(\fR\x05addrs\"@\n" +
+	"\n" +
+	"AddrRecord\x12\x14\n" +
+	"\x05addrs\x18\x01 \x03(\fR\x05addrs\x12\x1c\n" +
+	"\n" +
+	"seen_at_ms\x18\x02 \x01(\x03R\bseenAtMs*l\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eKIND_ROSTER_OP\x10\x01\x12\x11\n" +
@@ -1630,7 +1764,7 @@ func file_wire_proto_rawDescGZIP() []byte {
 }
 
 var file_wire_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_wire_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_wire_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_wire_proto_goTypes = []any{
 	(Kind)(0),              // 0: p2pchat.wire.v1.Kind
 	(Role)(0),              // 1: p2pchat.wire.v1.Role
@@ -1655,6 +1789,8 @@ var file_wire_proto_goTypes = []any{
 	(*SeqRanges)(nil),      // 20: p2pchat.wire.v1.SeqRanges
 	(*SyncRequest)(nil),    // 21: p2pchat.wire.v1.SyncRequest
 	(*SyncResponse)(nil),   // 22: p2pchat.wire.v1.SyncResponse
+	(*Invite)(nil),         // 23: p2pchat.wire.v1.Invite
+	(*AddrRecord)(nil),     // 24: p2pchat.wire.v1.AddrRecord
 }
 var file_wire_proto_depIdxs = []int32{
 	0,  // 0: p2pchat.wire.v1.Signed.kind:type_name -> p2pchat.wire.v1.Kind
@@ -1702,7 +1838,7 @@ func file_wire_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_wire_proto_rawDesc), len(file_wire_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   21,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
