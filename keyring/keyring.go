@@ -362,7 +362,9 @@ func (r *Ring) Keys() []*Key {
 }
 
 // Height orders roster states: the number of ops in the causal closure of
-// heads, or false when the heads are not known yet.
+// heads, or false when the heads are not known yet or the caller's policy
+// rules the state out for sending (node/ rules out states that precede a
+// removal).
 type Height func(heads []roster.OpID) (int, bool)
 
 // Qualifies reports whether k may be sent with when the membership is

@@ -56,6 +56,8 @@ type Group struct {
 	gapSeen          bool                        // a sequence gap was given up on: sync soon
 	nextPeriodicSync time.Time
 	stopped          bool
+	removals         []roster.OpID // effective removals, cached for the sending-key rule
+	removalsAt       int           // roster size the cache was computed at
 }
 
 type msgRef struct {
@@ -283,9 +285,16 @@ func (g *Group) WaitPeers(ctx context.Context, n int) error {
 	return nil
 }
 
-// height orders roster states for the sending-key rule.
+// height orders roster states for the sending-key rule, and rules out
+// states that do not follow every removal in the current roster: a key made
+// before a shrink is never sent with again, even when its recipients happen
+// to equal today's members (the architecture's rule; it also makes the
+// key a member sends with change visibly on every departure).
 func (g *Group) height(heads []roster.OpID) (int, bool) {
 	if !g.roster.Knows(heads) {
+		return 0, false
+	}
+	if removals := g.removalsLocked(); len(removals) > 0 && !g.roster.Descends(heads, removals) {
 		return 0, false
 	}
 	st, err := g.roster.StateAt(heads)
@@ -293,6 +302,26 @@ func (g *Group) height(heads []roster.OpID) (int, bool) {
 		return 0, false
 	}
 	return st.Size, true
+}
+
+// removalsLocked returns the effective remove and leave ops of the current
+// roster, cached per roster size.
+func (g *Group) removalsLocked() []roster.OpID {
+	ops := g.roster.Ops()
+	if g.removalsAt == len(ops) && g.removals != nil {
+		return g.removals
+	}
+	g.removals = g.removals[:0]
+	for _, op := range ops {
+		if (op.Kind == roster.KindRemove || op.Kind == roster.KindLeave) && g.roster.Effective(op.ID) {
+			g.removals = append(g.removals, op.ID)
+		}
+	}
+	if g.removals == nil {
+		g.removals = []roster.OpID{}
+	}
+	g.removalsAt = len(ops)
+	return g.removals
 }
 
 func (g *Group) sendingKeyLocked() *keyring.Key {

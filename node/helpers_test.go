@@ -140,7 +140,11 @@ func connectAll(t testing.TB, nodes []*testNode) {
 			// handshake on both sides; a retry resolves it.
 			var err error
 			for try := 0; try < 5; try++ {
-				if err = a.Host().Connect(ctx, addrInfo(b.Node)); err == nil {
+				dctx := ctx
+				if try > 0 { // past the dial backoff the failure left
+					dctx = network.WithForceDirectDial(ctx, "test retry")
+				}
+				if err = a.Host().Connect(dctx, addrInfo(b.Node)); err == nil {
 					break
 				}
 				time.Sleep(time.Duration(10*(try+1)) * time.Millisecond)

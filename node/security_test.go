@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/p2pchat/p2pchat/gossip"
+	"github.com/p2pchat/p2pchat/keyring"
 	"github.com/p2pchat/p2pchat/roster"
 )
 
@@ -143,12 +144,18 @@ func TestConcurrentRotationConverges(t *testing.T) {
 
 	// Both removals are authored while a and b cannot hear each other, so
 	// they are concurrent in the roster DAG.
+	var keysBefore []keyring.ID
+	for _, n := range nodes {
+		keysBefore = append(keysBefore, n.mustGroup(gid).KeyIDs()...)
+	}
 	partition([]*testNode{a, c, x}, []*testNode{b, d, y})
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); check(t, a.mustGroup(gid).Remove(ctx, x.ID())) }()
 	go func() { defer wg.Done(); check(t, b.mustGroup(gid).Remove(ctx, y.ID())) }()
 	wg.Wait()
+	var rotatedApart []keyring.ID // the two keys made while partitioned
+	rotatedApart = append(rotatedApart, a.mustGroup(gid).SendingKeyID(), b.mustGroup(gid).SendingKeyID())
 	heal(t, nodes)
 
 	remaining := []*testNode{a, b, c, d}
@@ -166,6 +173,14 @@ func TestConcurrentRotationConverges(t *testing.T) {
 	})
 	key := waitSameSendingKey(t, remaining, gid)
 	keysHeld := len(a.keys(gid))
+	// Neither partition's key excludes both removed members, and no key from
+	// before the removals may be sent with again: the converged key is new.
+	if slices.Contains(keysBefore, key) || slices.Contains(rotatedApart, key) {
+		t.Fatalf("converged on key %s, which predates the merged roster", key.Short())
+	}
+	if got := keyOf(t, a, gid, key).Meta.Recipients; !slices.Equal(got, a.mustGroup(gid).State().MemberIDs()) {
+		t.Fatalf("converged key's recipients %v are not the members", got)
+	}
 
 	sent := make(map[string]string)
 	for i := 0; i < 3; i++ {
