@@ -37,6 +37,8 @@ type Group struct {
 	topicCancel context.CancelFunc
 	topicWG     sync.WaitGroup
 
+	ingestMu sync.Mutex // serializes storing and showing messages; taken before mu
+
 	mu               sync.Mutex
 	roster           *roster.Roster
 	ring             *keyring.Ring

@@ -329,7 +329,10 @@ func (g *Group) deliverLocked(m *Message) {
 		o = &senderOrder{buffered: make(map[uint64]*Message)}
 		g.order[m.Sender] = o
 	}
-	if o.next == 0 && (m.Seq == 1 || g.hasMessage(m.Sender, m.Seq-1)) {
+	// The first message seen from a sender this session: start there if it
+	// is the sender's first ever, or if its predecessor is stored (shown
+	// before a restart). Otherwise wait, briefly, for earlier ones.
+	if o.next == 0 && len(o.buffered) == 0 && (m.Seq == 1 || g.hasMessage(m.Sender, m.Seq-1)) {
 		o.next = m.Seq
 	}
 	switch {

@@ -245,6 +245,10 @@ func (g *Group) ingest(from peer.ID, envs []*gossip.Envelope) (added int) {
 	if len(envs) == 0 {
 		return 0
 	}
+	// Storing and showing are one step per group, so "stored" implies
+	// "shown or buffered for display" when deliverLocked consults the store.
+	g.ingestMu.Lock()
+	defer g.ingestMu.Unlock()
 	now := time.Now()
 	batch := make([]store.NewMessage, 0, len(envs))
 	for _, e := range envs {
