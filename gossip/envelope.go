@@ -92,6 +92,9 @@ func OpenEnvelope(s *wire.Signed) (*Envelope, error) {
 	if e.Seq == 0 {
 		return nil, fmt.Errorf("%w: sequence number 0", ErrMalformed)
 	}
+	if len(w.Ciphertext) > MaxCiphertextSize {
+		return nil, fmt.Errorf("%w: ciphertext of %d bytes", ErrTooLarge, len(w.Ciphertext))
+	}
 	if len(w.Nonce) != 24 {
 		return nil, fmt.Errorf("%w: nonce of %d bytes", ErrMalformed, len(w.Nonce))
 	}

@@ -32,6 +32,9 @@ const (
 const (
 	// MaxTextSize bounds a message's text.
 	MaxTextSize = 16 << 10
+	// MaxCiphertextSize bounds an envelope's ciphertext: the text, the
+	// content's other fields and the AEAD tag, with room to spare.
+	MaxCiphertextSize = MaxTextSize + 1024
 	// MaxTopicMessageSize bounds one message on a group topic; the node's
 	// pubsub uses it as its max message size too.
 	MaxTopicMessageSize = 64 << 10
@@ -40,7 +43,8 @@ const (
 	// MaxRosterFrame bounds a roster fetch answer.
 	MaxRosterFrame = 8 << 20
 	// MaxSyncRequestFrame bounds a history request (its summary of held
-	// sequence numbers) and every other request frame.
+	// sequence numbers). Key transfers and roster requests are bounded by
+	// MaxKeyFrame.
 	MaxSyncRequestFrame = 1 << 20
 	// MaxSyncFrame bounds a history answer; responders fill it up to
 	// SyncBatchBytes so it never overflows.

@@ -30,7 +30,7 @@ type Handlers struct {
 	// whether it was accepted.
 	Key func(from peer.ID, t *wire.KeyTransfer) bool
 	// Roster returns the signed ops of a group for an authenticated peer, or
-	// false to refuse (the peer is not named by the roster).
+	// false to refuse (the node serves current members only).
 	Roster func(from peer.ID, group [32]byte) ([]*wire.Signed, bool)
 	// Sync answers a history request from an authenticated peer, or false
 	// to refuse (the peer is not a current member).

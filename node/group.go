@@ -200,6 +200,9 @@ func (g *Group) nudge() {
 // ID is the group's ID.
 func (g *Group) ID() roster.GroupID { return g.id }
 
+// Node is the node the group belongs to.
+func (g *Group) Node() *Node { return g.n }
+
 // Name is the group's display name, chosen by its founder.
 func (g *Group) Name() string { return g.roster.Name() }
 
@@ -342,23 +345,39 @@ func (g *Group) persistRecord() error {
 	return g.n.store.PutGroup(g.id, b)
 }
 
+// loadKeys reads the group's keys. A record that does not verify is
+// skipped and logged, not fatal: one bad record must not keep the node
+// from starting, and the key can be asked for again.
 func (g *Group) loadKeys() error {
 	return g.n.store.Keys(g.id, func(b []byte) error {
 		var rec wire.KeyRecord
 		if err := proto.Unmarshal(b, &rec); err != nil {
-			return fmt.Errorf("key record: %w", err)
+			g.n.log.Warn("skipping unreadable key record", "group", g.id.ShortString(), "err", err)
+			return nil
 		}
 		meta, err := keyring.MetaFromWire(rec.Meta)
 		if err != nil {
-			return err
+			g.n.log.Warn("skipping key record with bad metadata", "group", g.id.ShortString(), "err", err)
+			return nil
 		}
 		k, err := keyring.FromSecret(rec.Secret, meta)
 		if err != nil {
-			return fmt.Errorf("stored key %s: %w", meta.KeyID.Short(), err)
+			g.n.log.Warn("skipping key record that does not match its id", "group", g.id.ShortString(), "key_id", meta.KeyID.Short())
+			return nil
 		}
 		g.ring.Add(k)
 		return nil
 	})
+}
+
+// capHeads bounds the heads an op or envelope names. Heads are sorted, so
+// every node that caps picks the same ones; ops that leave some heads out
+// still merge them later, and envelopes use heads only as a hint.
+func capHeads(heads []roster.OpID, max int) []roster.OpID {
+	if len(heads) > max {
+		return heads[:max]
+	}
+	return heads
 }
 
 // storeKeyLocked writes a key to disk, then adds it to the ring: a key is
@@ -405,7 +424,7 @@ func (g *Group) Send(ctx context.Context, text string) (*Message, error) {
 		return nil, err
 	}
 	now := time.Now()
-	env, err := gossip.SealEnvelope(g.n.rand, g.n.priv, key, seq, g.roster.Heads(), &wire.Content{Text: text, SentAtMs: now.UnixMilli()})
+	env, err := gossip.SealEnvelope(g.n.rand, g.n.priv, key, seq, capHeads(g.roster.Heads(), gossip.MaxRosterHeads), &wire.Content{Text: text, SentAtMs: now.UnixMilli()})
 	if err != nil {
 		g.mu.Unlock()
 		return nil, err
@@ -423,6 +442,7 @@ func (g *Group) Send(ctx context.Context, text string) (*Message, error) {
 
 	if rotated != nil {
 		g.emitRotated(rotated)
+		g.distribute(rotated, nil)
 	}
 	g.n.events.publish(Event{Kind: EventMessage, Group: g.id, Message: msg})
 	if t != nil {
@@ -523,7 +543,7 @@ func (g *Group) Add(ctx context.Context, p peer.ID, role roster.Role) error {
 		id := k.ID()
 		parentID = id[:]
 	}
-	op, err := roster.NewAdd(g.n.priv, g.id, g.roster.Heads(), p, role, parentID)
+	op, err := roster.NewAdd(g.n.priv, g.id, capHeads(g.roster.Heads(), roster.MaxParents), p, role, parentID)
 	if err != nil {
 		g.mu.Unlock()
 		return err
@@ -569,7 +589,7 @@ func (g *Group) Remove(ctx context.Context, p peer.ID) error {
 		g.mu.Unlock()
 		return fmt.Errorf("%w: %s", ErrNotMember, p.ShortString())
 	}
-	op, err := roster.NewRemove(g.n.priv, g.id, g.roster.Heads(), p)
+	op, err := roster.NewRemove(g.n.priv, g.id, capHeads(g.roster.Heads(), roster.MaxParents), p)
 	if err != nil {
 		g.mu.Unlock()
 		return err
@@ -596,7 +616,7 @@ func (g *Group) Leave(ctx context.Context) error {
 		g.mu.Unlock()
 		return fmt.Errorf("%w of group %s", ErrNotMember, g.id.ShortString())
 	}
-	op, err := roster.NewLeave(g.n.priv, g.id, g.roster.Heads())
+	op, err := roster.NewLeave(g.n.priv, g.id, capHeads(g.roster.Heads(), roster.MaxParents))
 	t := g.topic
 	g.mu.Unlock()
 	if err != nil {

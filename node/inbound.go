@@ -20,11 +20,16 @@ import (
 
 // Limits on what the node keeps for others.
 const (
-	maxHeldEnvelopes = 1024             // envelopes held for a roster we lack
-	maxPendingOps    = 4096             // roster ops waiting for their parents
-	keyRequestRate   = 1.0              // accepted key requests per second per requester
-	keyRequestBurst  = 20.0             // and in a burst
-	keyRequestMaxAge = 10 * time.Minute // older (or future) requests are ignored
+	maxHeldEnvelopes = 1024 // envelopes held for a roster we lack
+	maxPendingOps    = 4096 // roster ops waiting for their parents
+
+	// firstContactWindow is how long the first message seen from a sender
+	// waits for earlier ones: enough for messages racing through pubsub's
+	// parallel validation, short enough not to be noticed.
+	firstContactWindow = 50 * time.Millisecond
+	keyRequestRate     = 1.0              // accepted key requests per second per requester
+	keyRequestBurst    = 20.0             // and in a burst
+	keyRequestMaxAge   = 10 * time.Minute // older (or future) requests are ignored
 )
 
 // heldEnvelope is a message whose author's roster op has not arrived yet.
@@ -47,7 +52,10 @@ func (g *Group) policy(from peer.ID, in *gossip.Inbound) pubsub.ValidationResult
 		if in.Op.Group != g.id {
 			return pubsub.ValidationReject
 		}
-		return pubsub.ValidationAccept
+		if self {
+			return pubsub.ValidationAccept
+		}
+		return g.judgeOp(from, in.Op)
 	case in.KeyRequest != nil:
 		if self {
 			return pubsub.ValidationAccept
@@ -55,6 +63,38 @@ func (g *Group) policy(from peer.ID, in *gossip.Inbound) pubsub.ValidationResult
 		return g.judgeKeyRequest(in.KeyRequest)
 	}
 	return pubsub.ValidationReject
+}
+
+// judgeOp passes only ops the DAG can use: new ones, by an author this
+// roster names. An op whose parents are unknown may come from a member added
+// in ops we lack: it goes to the reader, which fetches the roster from the
+// forwarder, and Insert judges it then.
+func (g *Group) judgeOp(from peer.ID, op *roster.Op) pubsub.ValidationResult {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	switch {
+	case g.roster.Has(op.ID):
+		return pubsub.ValidationIgnore
+	case !g.roster.Knows(op.Parents):
+		return pubsub.ValidationAccept
+	case !g.everNamedLocked(op.Author):
+		return pubsub.ValidationReject
+	}
+	return pubsub.ValidationAccept
+}
+
+// everNamedLocked reports whether p is the founder or the target of an add
+// op in the roster.
+func (g *Group) everNamedLocked(p peer.ID) bool {
+	if g.roster.Founder() == p || g.roster.State().IsMember(p) {
+		return true
+	}
+	for _, op := range g.roster.Ops() {
+		if op.Kind == roster.KindAdd && op.Member == p {
+			return true
+		}
+	}
+	return false
 }
 
 func (g *Group) judgeEnvelope(from peer.ID, e *gossip.Envelope) pubsub.ValidationResult {
@@ -344,7 +384,14 @@ func (g *Group) deliverLocked(m *Message) {
 		g.drainLocked(o)
 	default:
 		if len(o.buffered) == 0 {
-			o.deadline = time.Now().Add(g.n.params.ReorderWindow)
+			// A sender we have seen nothing from may well have sent messages
+			// we are not entitled to (we joined later): wait only for
+			// reordering in flight, not for history.
+			wait := g.n.params.ReorderWindow
+			if o.next == 0 {
+				wait = min(wait, firstContactWindow)
+			}
+			o.deadline = time.Now().Add(wait)
 			g.nudge()
 		}
 		o.buffered[m.Seq] = m

@@ -198,7 +198,7 @@ func (g *Group) keyArrivedLocked(k *keyring.Key) {
 // handleRosterRequest serves a group's roster to a current member.
 func (n *Node) handleRosterRequest(from peer.ID, group [32]byte) ([]*wire.Signed, bool) {
 	g, ok := n.Group(roster.GroupID(group))
-	if !ok {
+	if !ok || g.hasLeft() {
 		return nil, false
 	}
 	g.mu.Lock()

@@ -60,9 +60,10 @@ type Config struct {
 	// Identity overrides the identity stored in Dir. It must be Ed25519.
 	Identity crypto.PrivKey
 	// Host and PubSub let an embedding program supply its own. Both or
-	// neither. The host's identity must be Ed25519. If the pubsub signs
-	// messages itself (StrictSign, the default), each message carries two
-	// signatures; create it with gossip.PubSubOptions() to avoid that.
+	// neither. The host's identity must be Ed25519. Create the pubsub with
+	// gossip.PubSubOptions(): every member's router must use the same
+	// signature policy (a StrictSign router and a StrictNoSign router
+	// reject each other's messages), and p2pchat signs each message itself.
 	Host   host.Host
 	PubSub *pubsub.PubSub
 	// ListenAddrs for a node-created host. Default: TCP and QUIC on all

@@ -1,7 +1,9 @@
 package node
 
 import (
+	"cmp"
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"slices"
 	"time"
@@ -67,7 +69,7 @@ func parseSummary(have []*wire.SeqRanges) (map[peer.ID]seqRanges, bool) {
 	}
 	out := make(map[peer.ID]seqRanges, len(have))
 	for _, h := range have {
-		if len(h.Bounds)%2 != 0 {
+		if _, dup := out[peer.ID(h.Sender)]; dup || len(h.Bounds)%2 != 0 {
 			return nil, false
 		}
 		var rs seqRanges
@@ -88,7 +90,7 @@ func parseSummary(have []*wire.SeqRanges) (map[peer.ID]seqRanges, bool) {
 // node does not hold, sent from a roster state that included it.
 func (n *Node) handleSyncRequest(from peer.ID, req *wire.SyncRequest) (*wire.SyncResponse, bool) {
 	g, ok := n.Group(roster.GroupID(req.GroupId))
-	if !ok || !g.isMember(from) {
+	if !ok || g.hasLeft() || !g.isMember(from) {
 		return nil, false
 	}
 	have, ok := parseSummary(req.Have)
@@ -115,14 +117,14 @@ func (n *Node) handleSyncRequest(from peer.ID, req *wire.SyncRequest) (*wire.Syn
 	}
 	resp := &wire.SyncResponse{}
 	size := 0
-	for i, s := range missing {
-		if len(resp.Envelopes) >= limit || size >= gossip.SyncBatchBytes {
-			resp.More = i < len(missing)
-			break
-		}
+	for _, s := range missing {
 		e, rec, err := g.loadEnvelope(s.sender, s.seq)
 		if err != nil || rec.Undecryptable || !g.entitledToEnvelope(from, e) {
 			continue
+		}
+		if len(resp.Envelopes) >= limit || size >= gossip.SyncBatchBytes {
+			resp.More = true // at least one more the requester may have
+			break
 		}
 		resp.Envelopes = append(resp.Envelopes, e.Signed)
 		size += proto.Size(e.Signed)
@@ -172,12 +174,16 @@ func (g *Group) syncWith(p peer.ID) {
 }
 
 // syncHistory fetches from p, batch by batch, every envelope we lack.
+// Envelopes we refuse are added to the summary we send, so p does not send
+// them again in the next round.
 func (g *Group) syncHistory(ctx context.Context, p peer.ID) error {
+	refused := make(map[peer.ID][]uint64)
 	for round := 0; round < maxSyncRounds; round++ {
 		have, err := g.haveSummary()
 		if err != nil {
 			return err
 		}
+		have = withRefused(have, refused)
 		resp, err := g.n.streams.FetchHistory(ctx, p, &wire.SyncRequest{GroupId: g.id[:], Have: have, MaxEnvelopes: gossip.SyncBatchEnvelopes})
 		if err != nil {
 			return err
@@ -186,7 +192,9 @@ func (g *Group) syncHistory(ctx context.Context, p peer.ID) error {
 		for _, s := range resp.Envelopes {
 			e, err := gossip.OpenEnvelope(s)
 			if err != nil || e.Group != g.id {
-				continue // a peer that sends forgeries gets nothing stored
+				// A peer that sends forgeries gets nothing stored, and no
+				// more of our time this round.
+				return fmt.Errorf("peer %s sent an invalid envelope: %v", p.ShortString(), err)
 			}
 			envs = append(envs, e)
 		}
@@ -198,7 +206,11 @@ func (g *Group) syncHistory(ctx context.Context, p peer.ID) error {
 				g.onOps("", ops)
 			}
 		}
-		g.n.stats.envelopesSynced.Add(uint64(g.ingest(p, g.admissible(envs))))
+		ok, bad := g.admissible(envs)
+		for _, e := range bad {
+			refused[e.Sender] = append(refused[e.Sender], e.Seq)
+		}
+		g.n.stats.envelopesSynced.Add(uint64(g.ingest(p, ok)))
 		if !resp.More {
 			return nil
 		}
@@ -217,25 +229,59 @@ func (g *Group) needsRoster(envs []*gossip.Envelope) bool {
 	return false
 }
 
-// admissible keeps the synced envelopes whose sender was a member of the
-// roster state it sent from (or is a member now).
-func (g *Group) admissible(envs []*gossip.Envelope) []*gossip.Envelope {
+// admissible splits synced envelopes into those whose sender was a member
+// of the roster state it sent from (or is a member now), and the rest.
+func (g *Group) admissible(envs []*gossip.Envelope) (ok, refused []*gossip.Envelope) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	cur := g.roster.State()
-	out := envs[:0]
 	for _, e := range envs {
-		ok := cur.IsMember(e.Sender)
-		if !ok && g.roster.Knows(e.RosterHeads) {
+		member := cur.IsMember(e.Sender)
+		if !member && g.roster.Knows(e.RosterHeads) {
 			if st, err := g.roster.StateAt(e.RosterHeads); err == nil {
-				ok = st.IsMember(e.Sender)
+				member = st.IsMember(e.Sender)
 			}
 		}
-		if ok {
-			out = append(out, e)
+		if member {
+			ok = append(ok, e)
+		} else {
+			refused = append(refused, e)
 		}
 	}
-	return out
+	return ok, refused
+}
+
+// withRefused adds refused slots to a summary as held.
+func withRefused(have []*wire.SeqRanges, refused map[peer.ID][]uint64) []*wire.SeqRanges {
+	for sender, seqs := range refused {
+		var entry *wire.SeqRanges
+		for _, h := range have {
+			if string(h.Sender) == string(sender) {
+				entry = h
+			}
+		}
+		if entry == nil {
+			entry = &wire.SeqRanges{Sender: []byte(sender)}
+			have = append(have, entry)
+		}
+		var rs seqRanges
+		for i := 0; i+1 < len(entry.Bounds); i += 2 {
+			rs = append(rs, [2]uint64{entry.Bounds[i], entry.Bounds[i+1]})
+		}
+		for _, s := range seqs {
+			rs = append(rs, [2]uint64{s, s})
+		}
+		slices.SortFunc(rs, func(a, b [2]uint64) int { return cmp.Compare(a[0], b[0]) })
+		entry.Bounds = entry.Bounds[:0]
+		for _, r := range rs {
+			if n := len(entry.Bounds); n > 0 && r[0] <= entry.Bounds[n-1]+1 {
+				entry.Bounds[n-1] = max(entry.Bounds[n-1], r[1])
+				continue
+			}
+			entry.Bounds = append(entry.Bounds, r[0], r[1])
+		}
+	}
+	return have
 }
 
 // ingest stores verified envelopes in one batch and shows the new ones.

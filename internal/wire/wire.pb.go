@@ -138,7 +138,9 @@ func (Role) EnumDescriptor() ([]byte, []int) {
 // Signed carries a signed body. signer is a libp2p peer ID that embeds its
 // Ed25519 public key; receivers verify the signature before they decode body,
 // then require the body's own author field (Op.author, Envelope.sender,
-// KeyMeta.creator, KeyRequest.requester) to equal signer.
+// KeyRequest.requester) to equal signer. KeyMeta is signed by whoever sends
+// it (the creator, or a holder answering a request), which must be the peer
+// at the other end of the key stream; KeyMeta.creator names who made the key.
 type Signed struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Kind          Kind                   `protobuf:"varint,1,opt,name=kind,proto3,enum=p2pchat.wire.v1.Kind" json:"kind,omitempty"`
@@ -636,7 +638,7 @@ func (x *KeyMeta) GetAddOpId() []byte {
 	return nil
 }
 
-// KeyTransfer is sent over the /p2pchat/key/1 stream. The stream is
+// KeyTransfer is sent over the /p2pchat/key/1.0.0 stream. The stream is
 // authenticated and encrypted by the libp2p security handshake.
 type KeyTransfer struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1078,7 +1080,7 @@ func (*TopicMessage_RosterOp) isTopicMessage_Payload() {}
 
 func (*TopicMessage_KeyRequest) isTopicMessage_Payload() {}
 
-// RosterRequest asks a member for a group's roster over /p2pchat/roster/1.
+// RosterRequest asks a member for a group's roster over /p2pchat/roster/1.0.0.
 type RosterRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	GroupId       []byte                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`

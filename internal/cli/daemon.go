@@ -1,0 +1,162 @@
+package cli
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/p2pchat/p2pchat/client"
+	"github.com/p2pchat/p2pchat/internal/localapi"
+	"github.com/p2pchat/p2pchat/node"
+)
+
+func runDaemon(e *env, args []string) error {
+	f := newFlags(e, "daemon", true)
+	var listen, bootstrap multiFlag
+	f.Var(&listen, "listen", "multiaddr to listen on (repeatable)")
+	f.Var(&bootstrap, "bootstrap", "multiaddr of a peer to connect to at start (repeatable)")
+	apiAddr := f.String("api", "127.0.0.1:0", "host:port for the local API (loopback)")
+	noMDNS := f.Bool("no-mdns", false, "do not discover peers on the LAN")
+	logLevel := f.String("log-level", "error", "log level: debug, info, warn or error")
+	pos, err := f.parse(args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return fmt.Errorf("%w: unexpected argument %q", errUsage, pos[0])
+	}
+	home := *f.home
+
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		return fmt.Errorf("%w: bad --log-level %q", errUsage, *logLevel)
+	}
+	log := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: level}))
+
+	for _, l := range listen {
+		if _, err := ma.NewMultiaddr(l); err != nil {
+			return fmt.Errorf("%w: malformed --listen multiaddr %q", errUsage, l)
+		}
+	}
+	var boot []peer.AddrInfo
+	for _, b := range bootstrap {
+		m, err := ma.NewMultiaddr(b)
+		if err != nil {
+			return fmt.Errorf("%w: malformed --bootstrap multiaddr %q", errUsage, b)
+		}
+		ai, err := peer.AddrInfoFromP2pAddr(m)
+		if err != nil {
+			return fmt.Errorf("%w: --bootstrap multiaddr %q has no /p2p/ peer id", errUsage, b)
+		}
+		boot = append(boot, *ai)
+	}
+	host, _, err := net.SplitHostPort(*apiAddr)
+	if err != nil {
+		return fmt.Errorf("%w: bad --api %q: want HOST:PORT", errUsage, *apiAddr)
+	}
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return fmt.Errorf("%w: --api must be a loopback address, not %q", errUsage, host)
+	}
+
+	if err := os.MkdirAll(home, 0o700); err != nil {
+		return fmt.Errorf("create home %s: %w", home, err)
+	}
+	unlock, err := lockHome(home)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+
+	ctx, stop := commandContext(0)
+	defer stop()
+	n, err := node.New(ctx, node.Config{Dir: home, ListenAddrs: listen, Logger: log, MDNS: !*noMDNS, Bootstrap: boot})
+	if err != nil {
+		return err
+	}
+	defer n.Close()
+
+	ln, err := net.Listen("tcp", *apiAddr)
+	if err != nil {
+		return fmt.Errorf("listen on %s for the api: %w", *apiAddr, err)
+	}
+	token, err := newToken()
+	if err != nil {
+		return err
+	}
+	api := localapi.New(n, token, log)
+	defer api.Close()
+	srv := &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+
+	// The token first, then the address: a client that sees the address
+	// always finds the token.
+	if err := writeFileAtomic(filepath.Join(home, client.TokenFile), []byte(token+"\n"), 0o600); err != nil {
+		return err
+	}
+	if err := writeFileAtomic(filepath.Join(home, client.APIFile), []byte(ln.Addr().String()+"\n"), 0o600); err != nil {
+		return err
+	}
+	defer os.Remove(filepath.Join(home, client.APIFile))
+
+	fmt.Fprintf(e.stdout, "p2pchat daemon running\n  peer id: %s\n  api:     http://%s\n  home:    %s\n", n.ID(), ln.Addr(), home)
+	for _, a := range n.Host().Addrs() {
+		fmt.Fprintf(e.stdout, "  listen:  %s/p2p/%s\n", a, n.ID())
+	}
+
+	select {
+	case <-ctx.Done():
+	case err := <-served:
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("api server: %w", err)
+		}
+	}
+	fmt.Fprintln(e.stdout, "p2pchat daemon stopping")
+	api.Close() // ends event streams so Shutdown does not wait on them
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(sctx)
+	return nil
+}
+
+func newToken() (string, error) {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(b), nil
+}
+
+// writeFileAtomic writes via a temporary file and rename, with perm.
+func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, perm); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Chmod(tmp, perm); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
+
+// errAlreadyRunning is returned when another daemon holds the home.
+var errAlreadyRunning = errors.New("another p2pchat daemon is already running with this home")
+
+func alreadyRunning(home string) error {
+	return fmt.Errorf("%w (%s); stop it first or use another --home", errAlreadyRunning, strings.TrimRight(home, "/"))
+}
