@@ -39,6 +39,16 @@ var (
 	errMethodNotAllo = errors.New("method not allowed")
 )
 
+// inputError is a bad-request error whose message stands on its own.
+type inputError struct{ msg string }
+
+func (e *inputError) Error() string        { return e.msg }
+func (e *inputError) Is(target error) bool { return target == errBadRequest }
+
+func badInput(format string, args ...any) error {
+	return &inputError{msg: fmt.Sprintf(format, args...)}
+}
+
 // maxBody bounds a request body.
 const maxBody = 64 << 10
 
@@ -170,9 +180,9 @@ func decode(r *http.Request, into any) error {
 			return fmt.Errorf("%w: request body over %d bytes", node.ErrTooLarge, maxBody)
 		}
 		if errors.Is(err, io.EOF) {
-			return fmt.Errorf("%w: empty body", errBadRequest)
+			return badInput("empty request body")
 		}
-		return fmt.Errorf("%w: %v", errBadRequest, err)
+		return badInput("malformed request body: %v", err)
 	}
 	return nil
 }
@@ -201,11 +211,11 @@ func (s *Server) connect(r *http.Request) (any, error) {
 	}
 	m, err := ma.NewMultiaddr(strings.TrimSpace(in.Addr))
 	if err != nil {
-		return nil, fmt.Errorf("%w: malformed multiaddr %q", errBadRequest, in.Addr)
+		return nil, badInput("malformed multiaddr %q", in.Addr)
 	}
 	ai, err := peer.AddrInfoFromP2pAddr(m)
 	if err != nil {
-		return nil, fmt.Errorf("%w: multiaddr %q has no /p2p/ peer id", errBadRequest, in.Addr)
+		return nil, badInput("multiaddr %q has no /p2p/ peer id", in.Addr)
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
 	defer cancel()
@@ -237,10 +247,10 @@ func (s *Server) createGroup(r *http.Request) (any, error) {
 	}
 	name := strings.TrimSpace(in.Name)
 	if name == "" {
-		return nil, fmt.Errorf("%w: group name is empty", errBadRequest)
+		return nil, badInput("group name is empty")
 	}
 	if len(name) > roster.MaxNameLen {
-		return nil, fmt.Errorf("%w: group name over %d bytes", errBadRequest, roster.MaxNameLen)
+		return nil, badInput("group name over %d bytes", roster.MaxNameLen)
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
 	defer cancel()
@@ -304,7 +314,7 @@ func (s *Server) group(r *http.Request) (any, error) {
 func parsePeer(s string) (peer.ID, error) {
 	p, err := peer.Decode(strings.TrimSpace(s))
 	if err != nil {
-		return "", fmt.Errorf("%w: malformed peer id %q", errBadRequest, s)
+		return "", badInput("malformed peer id %q", s)
 	}
 	return p, nil
 }
@@ -325,7 +335,7 @@ func (s *Server) invite(r *http.Request) (any, error) {
 		return nil, err
 	}
 	if p == s.n.ID() {
-		return nil, fmt.Errorf("%w: cannot invite yourself", errBadRequest)
+		return nil, badInput("cannot invite yourself")
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
 	defer cancel()
@@ -404,7 +414,7 @@ func (s *Server) send(r *http.Request) (any, error) {
 		return nil, err
 	}
 	if strings.TrimSpace(in.Text) == "" {
-		return nil, fmt.Errorf("%w: message is empty", errBadRequest)
+		return nil, badInput("message is empty")
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
 	defer cancel()
@@ -505,7 +515,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	if v := r.URL.Query().Get("after"); v != "" {
 		n, err := strconv.ParseUint(v, 10, 64)
 		if err != nil {
-			writeError(w, fmt.Errorf("%w: after=%q is not a number", errBadRequest, v))
+			writeError(w, badInput("after=%q is not a number", v))
 			return
 		}
 		after = n
