@@ -1,0 +1,205 @@
+package store
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"testing"
+)
+
+func gid(b byte) [32]byte { return [32]byte{b} }
+
+func open(t *testing.T, dir string) *Store {
+	t.Helper()
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestPutMessageOnceAndArrivalOrder(t *testing.T) {
+	s := open(t, "")
+	defer s.Close()
+	g := gid(1)
+	alice, bob := []byte("alice"), []byte("bob")
+	for i, m := range []struct {
+		sender []byte
+		seq    uint64
+	}{{bob, 2}, {alice, 1}, {bob, 1}} {
+		stored, existing, err := s.PutMessage(g, m.sender, m.seq, []byte(fmt.Sprintf("rec%d", i)))
+		if err != nil || !stored || existing != nil {
+			t.Fatalf("put %d: stored=%v existing=%q err=%v", i, stored, existing, err)
+		}
+	}
+	stored, existing, err := s.PutMessage(g, bob, 2, []byte("other"))
+	if err != nil || stored || string(existing) != "rec0" {
+		t.Fatalf("second put into a taken slot: stored=%v existing=%q err=%v", stored, existing, err)
+	}
+	var order []string
+	if err := s.Messages(g, func(r []byte) error { order = append(order, string(r)); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(order) != "[rec0 rec1 rec2]" {
+		t.Fatalf("arrival order %v", order)
+	}
+	if err := s.UpdateMessage(g, bob, 2, []byte("updated")); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := s.Message(g, bob, 2); string(b) != "updated" {
+		t.Fatalf("update lost: %q", b)
+	}
+	if _, err := s.Message(g, alice, 9); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("missing message: %v", err)
+	}
+	// Another group sees none of it.
+	n := 0
+	_ = s.Messages(gid(2), func([]byte) error { n++; return nil })
+	if n != 0 {
+		t.Fatalf("group 2 sees %d messages", n)
+	}
+}
+
+func TestPutMessagesBatchAndIndex(t *testing.T) {
+	s := open(t, "")
+	defer s.Close()
+	g := gid(3)
+	if _, _, err := s.PutMessage(g, []byte("a"), 2, []byte("pre")); err != nil {
+		t.Fatal(err)
+	}
+	var batch []NewMessage
+	for i := uint64(1); i <= 600; i++ { // more than one chunk
+		batch = append(batch, NewMessage{Sender: []byte("a"), Seq: i, Record: []byte{byte(i)}})
+	}
+	batch = append(batch, NewMessage{Sender: []byte("a"), Seq: 5, Record: []byte("dup in batch")})
+	stored, err := s.PutMessages(g, batch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	count := 0
+	for i, ok := range stored {
+		if ok {
+			count++
+		}
+		if (i == 1 || i == 600) && ok {
+			t.Fatalf("slot %d stored twice", batch[i].Seq)
+		}
+	}
+	if count != 599 {
+		t.Fatalf("stored %d new, want 599", count)
+	}
+	var seqs []uint64
+	if err := s.MessageIndex(g, func(sender []byte, seq uint64) error {
+		if !bytes.Equal(sender, []byte("a")) {
+			t.Fatalf("sender %q", sender)
+		}
+		seqs = append(seqs, seq)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(seqs) != 600 || seqs[0] != 1 || seqs[599] != 600 {
+		t.Fatalf("index has %d entries, %v..%v", len(seqs), seqs[0], seqs[len(seqs)-1])
+	}
+	n := 0
+	_ = s.Messages(g, func([]byte) error { n++; return nil })
+	if n != 600 {
+		t.Fatalf("arrival log has %d entries", n)
+	}
+}
+
+func TestCountersAreAtomic(t *testing.T) {
+	s := open(t, "")
+	defer s.Close()
+	g := gid(4)
+	var wg sync.WaitGroup
+	seen := sync.Map{}
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 50; i++ {
+				v, err := s.NextCounter(g, "seq")
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if _, dup := seen.LoadOrStore(v, true); dup {
+					t.Errorf("counter value %d handed out twice", v)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if v, _ := s.Counter(g, "seq"); v != 400 {
+		t.Fatalf("counter %d, want 400", v)
+	}
+}
+
+func TestPersistsAcrossReopenAndDeleteGroup(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "db")
+	s := open(t, dir)
+	g := gid(5)
+	must(t, s.PutGroup(g, []byte("group")))
+	must(t, s.PutOp(g, gid(6), []byte("op")))
+	must(t, s.PutKey(g, gid(7), []byte("key")))
+	must(t, s.PutAddrs([]byte("peer"), []byte("addrs")))
+	if _, _, err := s.PutMessage(g, []byte("a"), 1, []byte("m")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.NextCounter(g, "seq"); err != nil {
+		t.Fatal(err)
+	}
+	must(t, s.Close())
+
+	s = open(t, dir)
+	defer s.Close()
+	var groups, ops, keys int
+	must(t, s.Groups(func(id [32]byte, rec []byte) error {
+		if id != g || string(rec) != "group" {
+			t.Fatalf("group %x %q", id[:2], rec)
+		}
+		groups++
+		return nil
+	}))
+	must(t, s.Ops(g, func([]byte) error { ops++; return nil }))
+	must(t, s.Keys(g, func([]byte) error { keys++; return nil }))
+	if groups != 1 || ops != 1 || keys != 1 {
+		t.Fatalf("after reopen: %d groups, %d ops, %d keys", groups, ops, keys)
+	}
+	if b, err := s.Addrs([]byte("peer")); err != nil || string(b) != "addrs" {
+		t.Fatalf("addrs %q %v", b, err)
+	}
+	if v, _ := s.Counter(g, "seq"); v != 1 {
+		t.Fatalf("counter after reopen %d", v)
+	}
+	must(t, s.DeleteGroup(g))
+	groups, ops = 0, 0
+	must(t, s.Groups(func([32]byte, []byte) error { groups++; return nil }))
+	must(t, s.Ops(g, func([]byte) error { ops++; return nil }))
+	if _, err := s.Message(g, []byte("a"), 1); !errors.Is(err, ErrNotFound) || groups != 0 || ops != 0 {
+		t.Fatalf("delete left data: groups=%d ops=%d msg err=%v", groups, ops, err)
+	}
+	if _, err := s.Addrs([]byte("peer")); err != nil {
+		t.Fatal("deleting a group removed the address book")
+	}
+}
+
+func TestSecondOpenOfSameDirFails(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir)
+	defer s.Close()
+	if s2, err := Open(dir); err == nil {
+		s2.Close()
+		t.Fatal("a second open of the same directory succeeded")
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
