@@ -103,8 +103,8 @@ func runChatScreen(e *env, m *chatModel, stream eventSource, cancel context.Canc
 	}()
 
 	_, err := p.Run()
-	cancel()         // aborts the stream read and calls in flight
-	m.tasks.wait()   // calls in flight have returned
+	cancel()           // aborts the stream read and calls in flight
+	m.tasks.wait()     // calls in flight have returned
 	_ = stream.Close() // unblocks Next for streams that ignore ctx
 	wg.Wait()
 	if err != nil {
