@@ -849,6 +849,13 @@ func (g *Group) sendKeyTo(k *keyring.Key, to []peer.ID, requestNonce []byte) {
 		return
 	}
 	t := &wire.KeyTransfer{Key: k.Secret(), Meta: meta, RequestNonce: requestNonce}
+	g.mu.Lock()
+	for _, h := range k.Meta.RosterHeads {
+		if op, ok := g.roster.Op(h); ok && len(t.RosterOps) < roster.MaxParents {
+			t.RosterOps = append(t.RosterOps, op.Signed)
+		}
+	}
+	g.mu.Unlock()
 	sem := make(chan struct{}, maxParallelTransfers)
 	for _, p := range to {
 		if p == g.n.self || !k.Meta.IsRecipient(p) {

@@ -47,6 +47,19 @@ func (n *Node) handleKeyTransfer(from peer.ID, t *wire.KeyTransfer) bool {
 		n.keepOrphan(from, key)
 		return false
 	}
+	if len(t.RosterOps) > 0 && len(t.RosterOps) <= roster.MaxParents {
+		var ops []*roster.Op
+		for _, s := range t.RosterOps {
+			op, err := roster.Decode(s)
+			if err != nil || op.Group != g.id {
+				return false // a sender of forged ops gets nothing accepted
+			}
+			if op.Kind != roster.KindCreate {
+				ops = append(ops, op)
+			}
+		}
+		g.onOps(from, ops)
+	}
 	return g.acceptKey(from, key, t.RequestNonce)
 }
 

@@ -641,10 +641,14 @@ func (x *KeyMeta) GetAddOpId() []byte {
 // KeyTransfer is sent over the /p2pchat/key/1.0.0 stream. The stream is
 // authenticated and encrypted by the libp2p security handshake.
 type KeyTransfer struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`                                       // 32 bytes
-	Meta          *Signed                `protobuf:"bytes,2,opt,name=meta,proto3" json:"meta,omitempty"`                                     // Kind KEY_META
-	RequestNonce  []byte                 `protobuf:"bytes,3,opt,name=request_nonce,json=requestNonce,proto3" json:"request_nonce,omitempty"` // set when answering a KeyRequest
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Key          []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`                                       // 32 bytes
+	Meta         *Signed                `protobuf:"bytes,2,opt,name=meta,proto3" json:"meta,omitempty"`                                     // Kind KEY_META
+	RequestNonce []byte                 `protobuf:"bytes,3,opt,name=request_nonce,json=requestNonce,proto3" json:"request_nonce,omitempty"` // set when answering a KeyRequest
+	// The signed ops named by meta.roster_heads (at most 64), so a receiver
+	// that has not seen them yet (a removal usually travels by gossip at the
+	// same moment) can check the key without fetching the roster.
+	RosterOps     []*Signed `protobuf:"bytes,4,rep,name=roster_ops,json=rosterOps,proto3" json:"roster_ops,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -696,6 +700,13 @@ func (x *KeyTransfer) GetMeta() *Signed {
 func (x *KeyTransfer) GetRequestNonce() []byte {
 	if x != nil {
 		return x.RequestNonce
+	}
+	return nil
+}
+
+func (x *KeyTransfer) GetRosterOps() []*Signed {
+	if x != nil {
+		return x.RosterOps
 	}
 	return nil
 }
@@ -1671,11 +1682,13 @@ const file_wire_proto_rawDesc = "" +
 	"recipients\x18\x05 \x03(\fR\n" +
 	"recipients\x12!\n" +
 	"\fderived_from\x18\x06 \x01(\fR\vderivedFrom\x12\x1a\n" +
-	"\tadd_op_id\x18\a \x01(\fR\aaddOpId\"q\n" +
+	"\tadd_op_id\x18\a \x01(\fR\aaddOpId\"\xa9\x01\n" +
 	"\vKeyTransfer\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12+\n" +
 	"\x04meta\x18\x02 \x01(\v2\x17.p2pchat.wire.v1.SignedR\x04meta\x12#\n" +
-	"\rrequest_nonce\x18\x03 \x01(\fR\frequestNonce\",\n" +
+	"\rrequest_nonce\x18\x03 \x01(\fR\frequestNonce\x126\n" +
+	"\n" +
+	"roster_ops\x18\x04 \x03(\v2\x17.p2pchat.wire.v1.SignedR\trosterOps\",\n" +
 	"\x0eKeyTransferAck\x12\x1a\n" +
 	"\baccepted\x18\x01 \x01(\bR\baccepted\"\xaa\x01\n" +
 	"\n" +
@@ -1802,20 +1815,21 @@ var file_wire_proto_depIdxs = []int32{
 	7,  // 4: p2pchat.wire.v1.Op.leave:type_name -> p2pchat.wire.v1.Leave
 	1,  // 5: p2pchat.wire.v1.Add.role:type_name -> p2pchat.wire.v1.Role
 	2,  // 6: p2pchat.wire.v1.KeyTransfer.meta:type_name -> p2pchat.wire.v1.Signed
-	2,  // 7: p2pchat.wire.v1.TopicMessage.envelope:type_name -> p2pchat.wire.v1.Signed
-	2,  // 8: p2pchat.wire.v1.TopicMessage.roster_op:type_name -> p2pchat.wire.v1.Signed
-	2,  // 9: p2pchat.wire.v1.TopicMessage.key_request:type_name -> p2pchat.wire.v1.Signed
-	2,  // 10: p2pchat.wire.v1.RosterResponse.ops:type_name -> p2pchat.wire.v1.Signed
-	2,  // 11: p2pchat.wire.v1.GroupRecord.create_op:type_name -> p2pchat.wire.v1.Signed
-	8,  // 12: p2pchat.wire.v1.KeyRecord.meta:type_name -> p2pchat.wire.v1.KeyMeta
-	2,  // 13: p2pchat.wire.v1.MessageRecord.envelope:type_name -> p2pchat.wire.v1.Signed
-	20, // 14: p2pchat.wire.v1.SyncRequest.have:type_name -> p2pchat.wire.v1.SeqRanges
-	2,  // 15: p2pchat.wire.v1.SyncResponse.envelopes:type_name -> p2pchat.wire.v1.Signed
-	16, // [16:16] is the sub-list for method output_type
-	16, // [16:16] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	2,  // 7: p2pchat.wire.v1.KeyTransfer.roster_ops:type_name -> p2pchat.wire.v1.Signed
+	2,  // 8: p2pchat.wire.v1.TopicMessage.envelope:type_name -> p2pchat.wire.v1.Signed
+	2,  // 9: p2pchat.wire.v1.TopicMessage.roster_op:type_name -> p2pchat.wire.v1.Signed
+	2,  // 10: p2pchat.wire.v1.TopicMessage.key_request:type_name -> p2pchat.wire.v1.Signed
+	2,  // 11: p2pchat.wire.v1.RosterResponse.ops:type_name -> p2pchat.wire.v1.Signed
+	2,  // 12: p2pchat.wire.v1.GroupRecord.create_op:type_name -> p2pchat.wire.v1.Signed
+	8,  // 13: p2pchat.wire.v1.KeyRecord.meta:type_name -> p2pchat.wire.v1.KeyMeta
+	2,  // 14: p2pchat.wire.v1.MessageRecord.envelope:type_name -> p2pchat.wire.v1.Signed
+	20, // 15: p2pchat.wire.v1.SyncRequest.have:type_name -> p2pchat.wire.v1.SeqRanges
+	2,  // 16: p2pchat.wire.v1.SyncResponse.envelopes:type_name -> p2pchat.wire.v1.Signed
+	17, // [17:17] is the sub-list for method output_type
+	17, // [17:17] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_wire_proto_init() }
