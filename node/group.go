@@ -176,14 +176,16 @@ func (g *Group) closeTopic() {
 // goTracked runs fn on a goroutine that stop waits for.
 func (g *Group) goTracked(fn func()) {
 	g.mu.Lock()
-	stopped := g.stopped
-	if !stopped {
-		g.wg.Add(1)
-	}
-	g.mu.Unlock()
-	if stopped {
+	defer g.mu.Unlock()
+	g.goTrackedLocked(fn)
+}
+
+// goTrackedLocked is goTracked for callers that hold g.mu.
+func (g *Group) goTrackedLocked(fn func()) {
+	if g.stopped {
 		return
 	}
+	g.wg.Add(1)
 	go func() {
 		defer g.wg.Done()
 		fn()

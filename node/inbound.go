@@ -304,7 +304,7 @@ func (g *Group) recheckHeldLocked() {
 	}
 	g.held = keep
 	for _, h := range ready {
-		g.goTracked(func() {
+		g.goTrackedLocked(func() {
 			if g.judgeReplay(h.env) == pubsub.ValidationAccept {
 				g.onEnvelope(h.from, h.env)
 			}

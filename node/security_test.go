@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+
 	"github.com/p2pchat/p2pchat/gossip"
 	"github.com/p2pchat/p2pchat/keyring"
 	"github.com/p2pchat/p2pchat/roster"
@@ -403,4 +405,48 @@ func envelopesOf(t *testing.T, n *testNode, gid roster.GroupID, msgs []*Message)
 		out = append(out, e)
 	}
 	return out
+}
+
+// TestHeldUntilRosterArrives: a message from a member whose add this node
+// has not seen yet is held, not dropped, and shown once the roster arrives.
+func TestHeldUntilRosterArrives(t *testing.T) {
+	a, b := newTestNode(t, ""), newTestNode(t, "")
+	connectAll(t, []*testNode{a, b})
+	gid := formGroup(t, []*testNode{a, b})
+	n := newTestNode(t, "")
+	connectAll(t, []*testNode{a, n})
+	// b must not hear of n's add by gossip: cut it off from a for now.
+	partition([]*testNode{b}, []*testNode{a, n})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := a.mustGroup(gid).Add(ctx, n.ID(), roster.RoleMember); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.JoinGroup(ctx, gid, addrInfo(a.Node)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "n holds its epoch key", func() bool { return !n.mustGroup(gid).SendingKeyID().IsZero() })
+	m := n.send(gid, "hello from the new member")
+	env, err := n.mustGroup(gid).storedEnvelope(n.ID(), m.Seq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bg := b.mustGroup(gid)
+	if bg.IsMember(n.ID()) {
+		t.Fatal("setup: b already knows n")
+	}
+	// The envelope reaches b (as if relayed) before the add op does.
+	if res := bg.policy(a.ID(), &gossip.Inbound{Envelope: env}); res != pubsub.ValidationIgnore {
+		t.Fatalf("validator said %v for a message from a member b cannot place yet", res)
+	}
+	bg.mu.Lock()
+	held := len(bg.held)
+	bg.mu.Unlock()
+	if held != 1 {
+		t.Fatalf("%d envelopes held, want 1", held)
+	}
+	heal(t, []*testNode{a, b, n})
+	eventually(t, 20*time.Second, "b shows the held message once it has the roster", func() bool {
+		return b.rec.readable(gid)[m.ID()] == m.Text
+	})
 }
