@@ -257,7 +257,11 @@ type EventStream struct {
 // Events opens the event stream, starting after event ID after (0: only new
 // events). The daemon replays the recent events it still holds.
 func (c *Client) Events(ctx context.Context, after uint64) (*EventStream, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/v1/events?after="+strconv.FormatUint(after, 10), nil)
+	path := "/v1/events" // without ?after the daemon starts with the next event
+	if after > 0 {
+		path += "?after=" + strconv.FormatUint(after, 10)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+path, nil)
 	if err != nil {
 		return nil, err
 	}

@@ -55,7 +55,7 @@ type Group struct {
 	fetching         map[peer.ID]bool            // roster fetches running, by peer
 	syncing          map[peer.ID]bool            // history syncs running, by peer
 	resyncAt         map[peer.ID]time.Time       // syncs due once the mesh settles
-	gapSeen          bool                        // a sequence gap was given up on: sync soon
+	gapSenders       []peer.ID                   // senders with a gap to sync soon
 	nextPeriodicSync time.Time
 	stopped          bool
 	removals         []roster.OpID // effective removals, cached for the sending-key rule

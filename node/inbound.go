@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"math/rand/v2"
 	"slices"
 	"time"
 
@@ -27,9 +28,13 @@ const (
 	// waits for earlier ones: enough for messages racing through pubsub's
 	// parallel validation, short enough not to be noticed.
 	firstContactWindow = 50 * time.Millisecond
-	keyRequestRate     = 1.0              // accepted key requests per second per requester
-	keyRequestBurst    = 20.0             // and in a burst
-	keyRequestMaxAge   = 10 * time.Minute // older (or future) requests are ignored
+
+	// gapSyncWait is how long messages after a gap stay back while a history
+	// sync fetches the missing ones, before they are shown anyway.
+	gapSyncWait      = 3 * time.Second
+	keyRequestRate   = 1.0              // accepted key requests per second per requester
+	keyRequestBurst  = 20.0             // and in a burst
+	keyRequestMaxAge = 10 * time.Minute // older (or future) requests are ignored
 )
 
 // heldEnvelope is a message whose author's roster op has not arrived yet.
@@ -355,9 +360,10 @@ func answersRequest(self peer.ID, holders []peer.ID, r *gossip.KeyRequest) bool 
 
 // senderOrder keeps one sender's messages in sequence order for display.
 type senderOrder struct {
-	next     uint64              // next sequence number to show; 0 = not known yet
-	buffered map[uint64]*Message // arrived early, waiting for a gap to fill
-	deadline time.Time           // when buffered messages are shown anyway
+	next      uint64              // next sequence number to show; 0 = not known yet
+	buffered  map[uint64]*Message // arrived early, waiting for a gap to fill
+	deadline  time.Time           // when buffered messages are shown anyway
+	gapSynced bool                // a sync was asked for this gap
 }
 
 // deliverLocked shows m in its sender's sequence order. A message that
@@ -382,6 +388,9 @@ func (g *Group) deliverLocked(m *Message) {
 		g.emitMessage(m)
 		o.next++
 		g.drainLocked(o)
+		if len(o.buffered) == 0 {
+			o.gapSynced = false
+		}
 	default:
 		if len(o.buffered) == 0 {
 			// A sender we have seen nothing from may well have sent messages
@@ -428,11 +437,23 @@ func (g *Group) drainLocked(o *senderOrder) {
 // flushOrderLocked shows buffered messages whose wait has run out, from the
 // lowest sequence number on.
 func (g *Group) flushOrderLocked(now time.Time) (next time.Time) {
-	for _, o := range g.order {
+	for sender, o := range g.order {
 		if len(o.buffered) == 0 {
 			continue
 		}
 		if now.Before(o.deadline) {
+			if next.IsZero() || o.deadline.Before(next) {
+				next = o.deadline
+			}
+			continue
+		}
+		if o.next != 0 && !o.gapSynced {
+			// A real gap: ask a peer for the missing messages and keep the
+			// later ones back a little longer, so the gap usually fills in
+			// order instead of showing up late.
+			o.gapSynced = true
+			g.gapSenders = append(g.gapSenders, sender)
+			o.deadline = now.Add(gapSyncWait)
 			if next.IsZero() || o.deadline.Before(next) {
 				next = o.deadline
 			}
@@ -444,7 +465,7 @@ func (g *Group) flushOrderLocked(now time.Time) (next time.Time) {
 		}
 		slices.Sort(seqs)
 		o.next = seqs[0]
-		g.gapSeen = true
+		o.gapSynced = false
 		g.drainLocked(o)
 		if len(o.buffered) > 0 {
 			o.deadline = now.Add(g.n.params.ReorderWindow)
@@ -573,11 +594,17 @@ func (g *Group) tick(now time.Time) time.Time {
 	t := g.topic
 	g.mu.Unlock()
 
-	for _, p := range syncs {
-		if p == "" {
-			p = g.randomTopicPeer()
+	if len(syncs) > 0 {
+		peers := g.Peers()
+		for _, p := range syncs {
+			if len(peers) == 0 {
+				break
+			}
+			if p == "" || !slices.Contains(peers, p) {
+				p = peers[rand.IntN(len(peers))]
+			}
+			g.syncWith(p)
 		}
-		g.syncWith(p)
 	}
 	if rotated != nil {
 		g.emitRotated(rotated)

@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"slices"
 	"time"
 
@@ -339,15 +338,6 @@ func (g *Group) ingest(from peer.ID, envs []*gossip.Envelope) (added int) {
 	return added
 }
 
-// randomTopicPeer picks a peer to sync with.
-func (g *Group) randomTopicPeer() peer.ID {
-	peers := g.Peers()
-	if len(peers) == 0 {
-		return ""
-	}
-	return peers[rand.IntN(len(peers))]
-}
-
 // scheduleResync syncs with p again once the mesh has settled.
 func (g *Group) scheduleResync(p peer.ID) {
 	g.mu.Lock()
@@ -369,10 +359,12 @@ func (g *Group) dueSyncsLocked(now time.Time) (due []peer.ID, next time.Time) {
 		delete(g.resyncAt, p)
 		due = append(due, p)
 	}
-	if g.gapSeen {
-		g.gapSeen = false
-		due = append(due, "")
+	for _, s := range g.gapSenders {
+		// The sender is the likeliest to hold its own messages; "" falls
+		// back to any topic peer when it is not one.
+		due = append(due, s)
 	}
+	g.gapSenders = g.gapSenders[:0]
 	if g.nextPeriodicSync.IsZero() {
 		g.nextPeriodicSync = now.Add(g.n.params.SyncInterval)
 	}

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/charmbracelet/bubbles/cursor"
 	"github.com/charmbracelet/bubbles/textinput"
 	"github.com/charmbracelet/bubbles/viewport"
 	tea "github.com/charmbracelet/bubbletea"
@@ -96,6 +97,9 @@ func newChatModel(ctx context.Context, api chatAPI, self string, g *client.Group
 	m.input = textinput.New()
 	m.input.Prompt = "> "
 	m.input.Placeholder = "Message " + sanitizeLine(g.Name) + " (Enter sends, Esc quits, PgUp/PgDn scroll)"
+	// A steady cursor: a blinking one redraws the screen twice a second
+	// and leaves a timer goroutine behind for a moment after quitting.
+	m.input.Cursor.SetMode(cursor.CursorStatic)
 	m.input.Focus()
 	m.vp = viewport.New(defaultChatWidth, defaultChatHeight-chatChrome)
 	for _, msg := range history {
@@ -106,8 +110,8 @@ func newChatModel(ctx context.Context, api chatAPI, self string, g *client.Group
 	return m
 }
 
-// Init starts the cursor blinking.
-func (m *chatModel) Init() tea.Cmd { return textinput.Blink }
+// Init has nothing to start: events arrive through tea.Program.Send.
+func (m *chatModel) Init() tea.Cmd { return nil }
 
 // Update handles one message.
 func (m *chatModel) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
@@ -162,11 +166,12 @@ func (m *chatModel) View() string {
 }
 
 func (m *chatModel) resize(w, h int) {
+	follow := m.vp.AtBottom()
 	m.width, m.height = max(w, 1), max(h, chatChrome+1)
 	m.vp.Width = m.width
 	m.vp.Height = m.height - chatChrome
 	m.input.Width = max(m.width-len(m.input.Prompt)-1, 1)
-	m.refresh(false)
+	m.refresh(follow)
 }
 
 // submit sends what was typed; the input clears at once and gets the text

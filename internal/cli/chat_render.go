@@ -67,13 +67,15 @@ func (m *chatModel) headerView() string {
 	if m.group.KeyID == "" {
 		key = "no key yet"
 	}
-	parts := []string{sanitizeLine(m.group.Name), "#" + shortKey(m.group.GroupID), members, key}
-	if m.group.Left {
-		parts = append(parts, "not a member")
-	}
+	// What is wrong comes first so that a narrow window still shows it.
+	parts := []string{sanitizeLine(m.group.Name)}
 	if m.connLost {
 		parts = append(parts, "offline")
 	}
+	if m.group.Left {
+		parts = append(parts, "not a member")
+	}
+	parts = append(parts, "#"+shortKey(m.group.GroupID), members, key)
 	line := " " + strings.Join(parts, " · ")
 	line = m.st.r.NewStyle().Inline(true).MaxWidth(m.width).Render(line)
 	if pad := m.width - lipgloss.Width(line); pad > 0 {
