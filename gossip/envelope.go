@@ -74,6 +74,9 @@ func SealEnvelope(rand io.Reader, priv crypto.PrivKey, key *keyring.Key, seq uin
 
 // OpenEnvelope verifies s and decodes the envelope inside. It does not decrypt.
 func OpenEnvelope(s *wire.Signed) (*Envelope, error) {
+	if s != nil && len(s.Body) > MaxEnvelopeBody {
+		return nil, fmt.Errorf("%w: envelope of %d bytes", ErrTooLarge, len(s.Body))
+	}
 	var w wire.Envelope
 	signer, err := wire.Verify(s, wire.Kind_KIND_ENVELOPE, &w)
 	if err != nil {

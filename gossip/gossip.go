@@ -35,6 +35,9 @@ const (
 	// MaxCiphertextSize bounds an envelope's ciphertext: the text, the
 	// content's other fields and the AEAD tag, with room to spare.
 	MaxCiphertextSize = MaxTextSize + 1024
+	// MaxEnvelopeBody bounds a whole envelope body: the ciphertext plus the
+	// fields around it (64 roster heads at most), whatever path it came by.
+	MaxEnvelopeBody = MaxCiphertextSize + 4096
 	// MaxTopicMessageSize bounds one message on a group topic; the node's
 	// pubsub uses it as its max message size too.
 	MaxTopicMessageSize = 64 << 10

@@ -131,8 +131,9 @@ func (n *Node) startGroup(r *roster.Roster, left, isNew bool) (*Group, error) {
 		g.topicWG.Add(2)
 		go g.readLoop(tctx, g.topic)
 		go g.peerLoop(tctx, peerEvents)
-		g.wg.Add(1)
+		g.wg.Add(2)
 		go g.timerLoop()
+		go g.requestMissingKeys()
 	}
 	if isNew {
 		n.events.publish(Event{Kind: EventGroupJoined, Group: g.id, Members: st.Members})
@@ -349,7 +350,8 @@ func (g *Group) persistRecord() error {
 
 // loadKeys reads the group's keys. A record that does not verify is
 // skipped and logged, not fatal: one bad record must not keep the node
-// from starting, and the key can be asked for again.
+// from starting. requestMissingKeys then asks for the keys of stored
+// messages that none of the loaded keys opens.
 func (g *Group) loadKeys() error {
 	return g.n.store.Keys(g.id, func(b []byte) error {
 		var rec wire.KeyRecord
@@ -463,14 +465,17 @@ func (g *Group) History() ([]Message, error) {
 	err := g.n.store.Messages(g.id, func(b []byte) error {
 		var rec wire.MessageRecord
 		if err := proto.Unmarshal(b, &rec); err != nil {
-			return fmt.Errorf("message record: %w", err)
+			g.n.log.Warn("skipping unreadable message record", "group", g.id.ShortString(), "err", err)
+			return nil
 		}
 		if rec.Undecryptable {
 			return nil
 		}
 		e, err := gossip.OpenEnvelope(rec.Envelope)
 		if err != nil {
-			return fmt.Errorf("stored envelope: %w", err)
+			// One bad record must not hide the rest of the history.
+			g.n.log.Warn("skipping stored envelope that does not verify", "group", g.id.ShortString(), "err", err)
+			return nil
 		}
 		g.mu.Lock()
 		m := g.messageLocked(e, time.UnixMilli(rec.ReceivedAtMs))

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/p2pchat/p2pchat/gossip"
 	"github.com/p2pchat/p2pchat/internal/wire"
@@ -47,7 +48,9 @@ func (n *Node) handleKeyTransfer(from peer.ID, t *wire.KeyTransfer) bool {
 		n.keepOrphan(from, key)
 		return false
 	}
-	if len(t.RosterOps) > 0 && len(t.RosterOps) <= roster.MaxParents {
+	// Only a current member's ops are taken from the key stream; anyone
+	// else's key is refused below anyway.
+	if len(t.RosterOps) > 0 && len(t.RosterOps) <= roster.MaxParents && g.isMember(from) {
 		var ops []*roster.Op
 		for _, s := range t.RosterOps {
 			op, err := roster.Decode(s)
@@ -139,6 +142,51 @@ func (g *Group) acceptKey(from peer.ID, k *keyring.Key, requestNonce []byte) boo
 	return true
 }
 
+// requestMissingKeys runs once at start: messages stored while their key
+// was missing (before a restart) wait for it again and it is asked for.
+// It reads only the key IDs, so it is cheap even for long histories.
+func (g *Group) requestMissingKeys() {
+	defer g.wg.Done()
+	var refs []struct {
+		key keyring.ID
+		ref msgRef
+	}
+	err := g.n.store.Messages(g.id, func(b []byte) error {
+		if g.ctx.Err() != nil {
+			return g.ctx.Err()
+		}
+		var rec wire.MessageRecord
+		var env wire.Envelope
+		if proto.Unmarshal(b, &rec) != nil || rec.Undecryptable || rec.Envelope == nil ||
+			proto.Unmarshal(rec.Envelope.Body, &env) != nil || len(env.KeyId) != 32 {
+			return nil
+		}
+		id := keyring.ID(env.KeyId)
+		g.mu.Lock()
+		_, held := g.ring.Get(id)
+		g.mu.Unlock()
+		if !held {
+			refs = append(refs, struct {
+				key keyring.ID
+				ref msgRef
+			}{id, msgRef{peer.ID(env.Sender), env.Seq}})
+		}
+		return nil
+	})
+	if err != nil || len(refs) == 0 {
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, r := range refs {
+		if _, held := g.ring.Get(r.key); held {
+			continue
+		}
+		g.waiting[r.key] = append(g.waiting[r.key], r.ref)
+		g.wantKeyLocked(r.key)
+	}
+}
+
 // keyEntitlementValidLocked checks a key's metadata against the roster.
 func (g *Group) keyEntitlementValidLocked(k *keyring.Key) bool {
 	m := &k.Meta
@@ -187,6 +235,7 @@ func (g *Group) keyArrivedLocked(k *keyring.Key) {
 		}
 		return cmp.Compare(a.seq, b.seq)
 	})
+	refs = slices.Compact(refs)
 	for _, ref := range refs {
 		e, rec, err := g.loadEnvelope(ref.sender, ref.seq)
 		if err != nil {
