@@ -45,6 +45,7 @@ type Group struct {
 	left             bool
 	members          []peer.ID                   // last membership reported in an event
 	sendKey          keyring.ID                  // last sending key reported in an event
+	keyCh            chan struct{}               // closed and replaced when a key arrives
 	signedMeta       map[keyring.ID]*wire.Signed // our signature over key metadata, for transfers
 	waiting          map[keyring.ID][]msgRef     // messages waiting for a key
 	keyReqs          map[keyring.ID]*keyRequest  // outstanding requests for keys
@@ -83,6 +84,7 @@ func (n *Node) startGroup(r *roster.Roster, left, isNew bool) (*Group, error) {
 		order:      make(map[peer.ID]*senderOrder),
 		reqBudget:  make(map[peer.ID]*tokenBucket),
 		fetching:   make(map[peer.ID]bool),
+		keyCh:      make(chan struct{}),
 		syncing:    make(map[peer.ID]bool),
 		resyncAt:   make(map[peer.ID]time.Time),
 	}
@@ -202,6 +204,72 @@ func (g *Group) nudge() {
 
 // ID is the group's ID.
 func (g *Group) ID() roster.GroupID { return g.id }
+
+// expectedKeyWait bounds how long a send waits for the key a new member's
+// adder derived for it, before generating a key of its own.
+const expectedKeyWait = 3 * time.Second
+
+// awaitExpectedKey waits while this node holds no qualifying key but its
+// own add op promises one (derived from the adder's key): generating a key
+// instead would split the group's sending key for no reason.
+func (g *Group) awaitExpectedKey(ctx context.Context) {
+	deadline := time.NewTimer(expectedKeyWait)
+	defer deadline.Stop()
+	for {
+		g.mu.Lock()
+		if g.sendingKeyLocked() != nil || !g.expectsDerivedKeyLocked() {
+			g.mu.Unlock()
+			return
+		}
+		arrived := g.keyCh
+		g.mu.Unlock()
+		select {
+		case <-arrived:
+		case <-deadline.C:
+			return
+		case <-ctx.Done():
+			return
+		case <-g.ctx.Done():
+			return
+		}
+	}
+}
+
+// expectsDerivedKeyLocked reports whether the effective add op that admitted
+// this node names a parent key, and the derived key has not arrived.
+func (g *Group) expectsDerivedKeyLocked() bool {
+	var mine *roster.Op
+	for _, op := range g.roster.Ops() {
+		if op.Kind == roster.KindAdd && op.Member == g.n.self && g.roster.Effective(op.ID) {
+			mine = op
+		}
+	}
+	return mine != nil && len(mine.ParentKeyID) == 32 && g.derivedForLocked(mine.ID) == nil
+}
+
+// offerKey pushes our sending key to a member that just appeared on the
+// topic, if it is entitled to it and we are the key's creator or the holder
+// ranked first for it: a member that joined after its adder's push failed
+// gets its key without asking, at the cost of one or two transfers.
+func (g *Group) offerKey(p peer.ID) {
+	g.mu.Lock()
+	k := g.sendingKeyLocked()
+	if k == nil || !k.Meta.IsRecipient(p) || !g.roster.State().IsMember(p) {
+		g.mu.Unlock()
+		return
+	}
+	var holders []peer.ID
+	for _, r := range k.Meta.Recipients {
+		if r != p && g.roster.State().IsMember(r) {
+			holders = append(holders, r)
+		}
+	}
+	g.mu.Unlock()
+	req := &gossip.KeyRequest{Nonce: append(k.Meta.KeyID[:], p...)} // rank holders per key and peer
+	if k.Meta.Creator == g.n.self || answersRequest(g.n.self, holders, req, 1) {
+		g.sendKeyTo(k, []peer.ID{p}, nil)
+	}
+}
 
 // Node is the node the group belongs to.
 func (g *Group) Node() *Node { return g.n }
@@ -401,12 +469,14 @@ func (g *Group) storeKeyLocked(k *keyring.Key) (bool, error) {
 }
 
 // Send encrypts text under the group's sending key, stores it and publishes
-// it. With no qualifying key it first generates one for the current roster
-// and sends it to every member.
+// it. A member that just joined first waits (briefly) for the epoch key its
+// adder derived for it. With no qualifying key it generates one for the
+// current roster and sends it to every member.
 func (g *Group) Send(ctx context.Context, text string) (*Message, error) {
 	if len(text) > gossip.MaxTextSize {
 		return nil, fmt.Errorf("%w: text of %d bytes exceeds %d", ErrTooLarge, len(text), gossip.MaxTextSize)
 	}
+	g.awaitExpectedKey(ctx)
 	g.mu.Lock()
 	if g.left || !g.roster.State().IsMember(g.n.self) {
 		g.mu.Unlock()
@@ -543,7 +613,7 @@ func (g *Group) Add(ctx context.Context, p peer.ID, role roster.Role) error {
 	st := g.roster.State()
 	if r, ok := st.RoleOf(p); ok && r == role {
 		g.mu.Unlock()
-		return fmt.Errorf("%w: %s", ErrAlreadyMember, p.ShortString())
+		return fmt.Errorf("%w: %s", ErrAlreadyMember, p.String())
 	}
 	var parentID []byte
 	if k := g.sendingKeyLocked(); k != nil {
@@ -594,7 +664,7 @@ func (g *Group) Remove(ctx context.Context, p peer.ID) error {
 	}
 	if !g.roster.State().IsMember(p) {
 		g.mu.Unlock()
-		return fmt.Errorf("%w: %s", ErrNotMember, p.ShortString())
+		return fmt.Errorf("%w: %s", ErrNotMember, p.String())
 	}
 	op, err := roster.NewRemove(g.n.priv, g.id, capHeads(g.roster.Heads(), roster.MaxParents), p)
 	if err != nil {

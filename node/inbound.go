@@ -284,6 +284,7 @@ func (g *Group) peerLoop(ctx context.Context, h *pubsub.TopicEventHandler) {
 			return
 		}
 		if ev.Type == pubsub.PeerJoin {
+			g.offerKey(ev.Peer)
 			g.syncWith(ev.Peer)
 			g.scheduleResync(ev.Peer)
 		}
@@ -334,15 +335,15 @@ func (g *Group) onKeyRequest(r *gossip.KeyRequest) {
 		}
 	}
 	g.mu.Unlock()
-	if !answersRequest(g.n.self, holders, r) {
+	if !answersRequest(g.n.self, holders, r, 2<<min(r.Attempt, 20)) {
 		return
 	}
 	g.sendKeyTo(k, []peer.ID{r.Requester}, r.Nonce)
 }
 
 // answersRequest ranks holders by SHA-256(nonce || peer) and answers when
-// self ranks below 2 << attempt.
-func answersRequest(self peer.ID, holders []peer.ID, r *gossip.KeyRequest) bool {
+// self ranks below limit (2 << attempt for key requests).
+func answersRequest(self peer.ID, holders []peer.ID, r *gossip.KeyRequest, limit int) bool {
 	rank := func(p peer.ID) [32]byte { return sha256.Sum256(append(slices.Clone(r.Nonce), p...)) }
 	mine := rank(self)
 	below := 0
@@ -354,7 +355,6 @@ func answersRequest(self peer.ID, holders []peer.ID, r *gossip.KeyRequest) bool 
 			below++
 		}
 	}
-	limit := 2 << min(r.Attempt, 20)
 	return below < limit
 }
 

@@ -217,6 +217,8 @@ func (g *Group) keyEntitlementValidLocked(k *keyring.Key) bool {
 // messages that waited for it (and for the keys derived from it).
 func (g *Group) keyArrivedLocked(k *keyring.Key) {
 	delete(g.keyReqs, k.ID())
+	close(g.keyCh) // wake senders waiting for a key
+	g.keyCh = make(chan struct{})
 	for _, op := range g.roster.Ops() {
 		if op.Kind == roster.KindAdd && len(op.ParentKeyID) == 32 && keyring.ID(op.ParentKeyID) == k.ID() {
 			if g.derivedForLocked(op.ID) == nil {

@@ -421,15 +421,15 @@ func (n *Node) JoinGroup(ctx context.Context, id roster.GroupID, via peer.AddrIn
 		return g, nil
 	}
 	if err := n.host.Connect(ctx, via); err != nil {
-		return nil, fmt.Errorf("connect to %s: %w", via.ID.ShortString(), err)
+		return nil, fmt.Errorf("connect to %s: %w", via.ID.String(), err)
 	}
 	signed, err := n.streams.FetchRoster(ctx, via.ID, id)
 	if err != nil {
-		return nil, fmt.Errorf("fetch roster from %s: %w", via.ID.ShortString(), err)
+		return nil, fmt.Errorf("fetch roster from %s: %w", via.ID.String(), err)
 	}
 	r, err := rosterFromSigned(id, signed)
 	if err != nil {
-		return nil, fmt.Errorf("roster from %s: %w", via.ID.ShortString(), err)
+		return nil, fmt.Errorf("roster from %s: %w", via.ID.String(), err)
 	}
 	if !r.State().IsMember(n.self) {
 		return nil, fmt.Errorf("%w of group %s", ErrNotMember, id.ShortString())

@@ -193,7 +193,7 @@ func (g *Group) syncHistory(ctx context.Context, p peer.ID) error {
 			if err != nil || e.Group != g.id {
 				// A peer that sends forgeries gets nothing stored, and no
 				// more of our time this round.
-				return fmt.Errorf("peer %s sent an invalid envelope: %v", p.ShortString(), err)
+				return fmt.Errorf("peer %s sent an invalid envelope: %v", p.String(), err)
 			}
 			envs = append(envs, e)
 		}

@@ -10,6 +10,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -38,6 +39,7 @@ func TestMain(m *testing.M) {
 }
 
 func testMain(m *testing.M) int {
+	flag.Parse() // for testing.Verbose
 	dir, err := os.MkdirTemp("", "p2pchat-e2e-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
@@ -75,6 +77,17 @@ func testEnv() []string {
 	return append(os.Environ(), "P2PCHAT_HOME="+noHome)
 }
 
+// cliEnv is testEnv for the short-lived CLI commands. A -race binary sleeps
+// a second at exit by default (GORACE atexit_sleep_ms) to catch late
+// reports; the CLI commands skip that, the daemons keep it.
+func cliEnv() []string {
+	env := testEnv()
+	if raceEnabled {
+		env = append(env, "GORACE="+strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
+	}
+	return env
+}
+
 // result is the outcome of one p2pchat command.
 type result struct {
 	args           []string
@@ -107,7 +120,10 @@ func run(t *testing.T, timeout time.Duration, args ...string) result {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, binPath, args...)
-	cmd.Env = testEnv()
+	cmd.Env = cliEnv()
+	if len(args) > 0 && args[0] == "daemon" {
+		cmd.Env = testEnv()
+	}
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	start := time.Now()
@@ -268,6 +284,26 @@ func (d *daemon) waitReady(t *testing.T) {
 // code 0, the api file removed, no crash output. Later calls do nothing.
 func (d *daemon) stop(t *testing.T) {
 	t.Helper()
+	d.stopWith(t, syscall.SIGTERM)
+}
+
+// kill stops the daemon with SIGKILL, as a crash would, and waits for it.
+func (d *daemon) kill(t *testing.T) {
+	t.Helper()
+	d.mu.Lock()
+	d.stopped = true
+	d.mu.Unlock()
+	d.cancel() // exec.CommandContext kills the process
+	select {
+	case <-d.done:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("daemon %s survived SIGKILL", d.name)
+	}
+}
+
+// stopWith is stop with the given signal.
+func (d *daemon) stopWith(t *testing.T, sig os.Signal) {
+	t.Helper()
 	d.mu.Lock()
 	if d.stopped {
 		d.mu.Unlock()
@@ -284,7 +320,7 @@ func (d *daemon) stop(t *testing.T) {
 	default:
 	}
 	start := time.Now()
-	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := d.cmd.Process.Signal(sig); err != nil {
 		t.Errorf("signal daemon %s: %v", d.name, err)
 	}
 	select {
@@ -292,12 +328,12 @@ func (d *daemon) stop(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		d.cancel() // SIGKILL
 		<-d.done
-		t.Errorf("daemon %s still running 20s after SIGTERM; killed it\nstderr:\n%s", d.name, d.stderr)
+		t.Errorf("daemon %s still running 20s after %v; killed it\nstderr:\n%s", d.name, sig, d.stderr)
 		return
 	}
 	took := time.Since(start)
 	if code := d.cmd.ProcessState.ExitCode(); code != 0 {
-		t.Errorf("daemon %s exited %d after SIGTERM, want 0\nstdout:\n%s\nstderr:\n%s", d.name, code, d.stdout, d.stderr)
+		t.Errorf("daemon %s exited %d after %v, want 0\nstdout:\n%s\nstderr:\n%s", d.name, code, sig, d.stdout, d.stderr)
 	}
 	if _, err := os.Stat(filepath.Join(d.home, "api")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("daemon %s left %s behind after a clean stop (stat: %v)", d.name, filepath.Join(d.home, "api"), err)
@@ -306,7 +342,7 @@ func (d *daemon) stop(t *testing.T) {
 		t.Errorf("daemon %s did not say it was stopping; stdout:\n%s", d.name, d.stdout)
 	}
 	checkNoCrash(t, "daemon "+d.name+" stderr:\n"+d.stderr.String(), d.stderr.String())
-	t.Logf("daemon %s stopped in %v", d.name, took.Round(time.Millisecond))
+	t.Logf("daemon %s stopped by %v in %v", d.name, sig, took.Round(time.Millisecond))
 }
 
 // run runs a command against this daemon (adds --home).

@@ -48,7 +48,13 @@ func init() {
 }
 
 // errUsage marks an error in how the command was called (exit code 2).
-var errUsage = errors.New("usage")
+// Wrapped as fmt.Errorf("%w...", errUsage), its own text is dropped from
+// the message: "p2pchat: error: send takes GROUP and TEXT".
+var errUsage = usageMarker{}
+
+type usageMarker struct{}
+
+func (usageMarker) Error() string { return "" }
 
 // Main runs the command line args and returns the process exit code.
 func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
@@ -68,7 +74,7 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			}
 			fmt.Fprintf(stderr, "p2pchat: error: %s\n", oneLine(err))
 			if errors.Is(err, errUsage) {
-				fmt.Fprintf(stderr, "usage: p2pchat %s %s\n", c.name, c.args)
+				fmt.Fprintln(stderr, strings.TrimSpace("usage: p2pchat "+c.name+" "+c.args))
 				return 2
 			}
 			return 1
@@ -92,6 +98,7 @@ func usage(w io.Writer) {
 // oneLine flattens an error message to a single line.
 func oneLine(err error) string {
 	msg := strings.Join(strings.Fields(err.Error()), " ")
+	msg = strings.TrimPrefix(msg, ": ") // a usage error's empty marker
 	return strings.TrimSuffix(msg, ".")
 }
 

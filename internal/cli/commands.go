@@ -2,6 +2,7 @@ package cli
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -289,6 +290,9 @@ func runMessages(e *env, args []string) error {
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil // interrupted: a normal way to stop following
+			}
+			if errors.Is(err, io.EOF) {
+				return errors.New("the daemon closed the event stream (it stopped)")
 			}
 			return fmt.Errorf("event stream: %w", err)
 		}

@@ -22,6 +22,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
 
@@ -263,6 +264,7 @@ func (s *Server) createGroup(r *http.Request) (any, error) {
 
 // lookup resolves a group ID (hex) or an unambiguous group name.
 func (s *Server) lookup(ref string) (*node.Group, error) {
+	ref = strings.TrimSpace(ref)
 	if b, err := hex.DecodeString(ref); err == nil && len(b) == 32 {
 		if g, ok := s.n.Group(roster.GroupID(b)); ok {
 			return g, nil
@@ -315,6 +317,9 @@ func parsePeer(s string) (peer.ID, error) {
 	p, err := peer.Decode(strings.TrimSpace(s))
 	if err != nil {
 		return "", badInput("malformed peer id %q", s)
+	}
+	if pub, err := p.ExtractPublicKey(); err != nil || pub.Type() != crypto.Ed25519 {
+		return "", badInput("peer id %q is not a p2pchat identity (Ed25519)", s)
 	}
 	return p, nil
 }
@@ -380,6 +385,9 @@ func (s *Server) remove(r *http.Request) (any, error) {
 	p, err := parsePeer(in.PeerID)
 	if err != nil {
 		return nil, err
+	}
+	if p == s.n.ID() {
+		return nil, badInput("cannot remove yourself; use 'p2pchat group leave'")
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
 	defer cancel()
