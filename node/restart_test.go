@@ -111,3 +111,54 @@ func TestCloseStopsEverything(t *testing.T) {
 		}
 	}()
 }
+
+// TestWaitingSurvivesRestart: a message stored while its key was missing
+// still waits after a restart, and the restarted node asks for the key and
+// shows it decrypted.
+func TestWaitingSurvivesRestart(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "c")
+	a, b, spare := newTestNode(t, ""), newTestNode(t, ""), newTestNode(t, "")
+	c := newTestNode(t, dir)
+	nodes := []*testNode{a, b, spare, c}
+	connectAll(t, nodes)
+	gid := formGroup(t, nodes)
+
+	partition([]*testNode{c}, []*testNode{a, b, spare})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := a.mustGroup(gid).Remove(ctx, spare.ID()); err != nil {
+		t.Fatal(err)
+	}
+	m := a.send(gid, "sent while c was cut off")
+	env, err := a.mustGroup(gid).storedEnvelope(a.ID(), m.Seq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cg := c.mustGroup(gid)
+	cg.onEnvelope(a.ID(), env) // handed over, as a relay would
+	if got := c.rec.readable(gid)[m.ID()]; got != "" {
+		t.Fatal("setup: c could read the message")
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	c2 := newTestNode(t, dir)
+	hist, err := c2.mustGroup(gid).History()
+	if err != nil {
+		t.Fatal(err)
+	}
+	waiting := false
+	for _, h := range hist {
+		if h.ID() == m.ID() && h.Status == StatusWaitingForKey {
+			waiting = true
+		}
+	}
+	if !waiting {
+		t.Fatal("the message is not waiting after the restart")
+	}
+	heal(t, []*testNode{a, b, c2})
+	eventually(t, 20*time.Second, "c shows the message decrypted after the restart", func() bool {
+		return c2.rec.readable(gid)[m.ID()] == m.Text
+	})
+}
