@@ -570,7 +570,7 @@ func (g *Group) tick(now time.Time) time.Time {
 			if len(r.nonces) > maxRememberedNonces {
 				r.nonces = r.nonces[1:]
 			}
-			backoff := g.n.params.KeyRequestDelay << min(r.attempts+2, 16)
+			backoff := g.n.params.KeyRequestDelay << min(r.attempts+1, 16)
 			r.attempts++
 			r.due = now.Add(min(backoff, g.n.params.KeyRequestMaxBackoff))
 			earliest(r.due)

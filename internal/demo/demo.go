@@ -1,8 +1,9 @@
 // Package demo is `p2pchat demo`: four real p2pchat nodes on loopback TCP in
-// one process, narrated step by step — chat, removal with key rotation, and
-// the self-healing key request when a new member misses its key. Every claim
-// the narration makes is checked against the nodes; a failed check makes Run
-// return an error.
+// one process, narrated step by step — chat, a new member who joins through
+// a third party while messages are being sent, removal with key rotation,
+// and the self-healing key request when a key is still in flight. Every
+// claim the narration makes is checked against the nodes; a failed check
+// makes Run return an error.
 package demo
 
 import (
@@ -28,9 +29,10 @@ import (
 const (
 	headStart   = "1. Start"
 	headChat    = "2. Chat"
-	headRemove  = "3. Remove"
-	headHeal    = "4. Self-heal"
-	headSummary = "5. Summary"
+	headJoin    = "3. Join"
+	headRemove  = "4. Remove"
+	headHeal    = "5. Self-heal"
+	headSummary = "6. Summary"
 )
 
 const (
@@ -62,9 +64,11 @@ type demo struct {
 
 	keyChain    []keyring.ID // alice's sending keys, in order
 	sentCount   int
-	removedKey  keyring.ID // the key made when carol was removed
-	daveKey     keyring.ID // the key derived when dave was added
-	removedText []string   // texts carol must never read
+	joinKey     keyring.ID             // the key derived when dave was added
+	rotKey      keyring.ID             // the key made when carol was removed
+	rotBase     map[*member]node.Stats // counters just before carol's removal
+	raced       []*node.Message        // alice's messages under rotKey
+	removedText []string               // texts carol must never read
 	healDelays  []time.Duration
 	closed      bool
 }
@@ -87,6 +91,7 @@ func Run(ctx context.Context, out io.Writer) (err error) {
 	}{
 		{"start", d.stepStart},
 		{"chat", d.stepChat},
+		{"join", d.stepJoin},
 		{"remove", d.stepRemove},
 		{"self-heal", d.stepHeal},
 		{"summary", d.stepSummary},
@@ -123,9 +128,12 @@ func (d *demo) stepStart() error {
 	}
 	d.alice, d.bob, d.carol, d.dave = d.all[0], d.all[1], d.all[2], d.all[3]
 
-	// alice and dave refuse each other; dave reaches the group only via bob.
-	d.alice.gater.block(d.dave.ID())
-	d.dave.gater.block(d.alice.ID())
+	// dave and alice, and dave and carol, refuse each other: dave reaches
+	// the group only through bob.
+	for _, o := range []*member{d.alice, d.carol} {
+		o.gater.block(d.dave.ID())
+		d.dave.gater.block(o.ID())
+	}
 	links := [][2]*member{{d.alice, d.bob}, {d.alice, d.carol}, {d.bob, d.carol}, {d.bob, d.dave}}
 	var linkNames []string
 	for _, l := range links {
@@ -134,19 +142,22 @@ func (d *demo) stepStart() error {
 		}
 		linkNames = append(linkNames, l[0].name+"–"+l[1].name)
 	}
-	for _, p := range [][2]*member{{d.alice, d.dave}, {d.dave, d.alice}} {
+	for _, p := range [][2]*member{{d.alice, d.dave}, {d.dave, d.alice}, {d.carol, d.dave}, {d.dave, d.carol}} {
 		octx, cancel := context.WithTimeout(d.ctx, waitTimeout)
 		err := p[0].node.Host().Connect(octx, addrInfo(p[1].node))
 		cancel()
 		if err == nil {
 			return fmt.Errorf("%s connected to %s despite the connection gater", p[0].name, p[1].name)
 		}
+		if d.ctx.Err() != nil {
+			return d.ctx.Err()
+		}
 	}
-	if d.connected(d.alice, d.dave) {
-		return errors.New("alice and dave are connected despite the connection gater")
+	if err := d.checkCutOff(); err != nil {
+		return err
 	}
-	d.printf("   connected %s; alice and dave refuse each other (connection gater): their dials to each other fail\n",
-		strings.Join(linkNames, ", "))
+	d.printf("   connected %s; dave and alice, and dave and carol, refuse each other\n", strings.Join(linkNames, ", "))
+	d.printf("   (connection gater): their dials to each other fail, so dave can reach only bob\n")
 
 	octx, cancel := context.WithTimeout(d.ctx, waitTimeout)
 	defer cancel()
@@ -194,16 +205,10 @@ func (d *demo) stepStart() error {
 	}); err != nil {
 		return err
 	}
-	if err := d.checkMembers(trio, []*member{d.alice, d.bob, d.carol}); err != nil {
+	if err := d.checkMembers(trio, trio); err != nil {
 		return err
 	}
-	var ms []string
-	st := d.group(d.alice).State()
-	for _, m := range trio {
-		role, _ := st.RoleOf(m.ID())
-		ms = append(ms, fmt.Sprintf("%s (%s)", m.name, role))
-	}
-	d.printf("   members, the same on all three nodes: %s\n", strings.Join(ms, ", "))
+	d.printf("   members, the same on all three nodes: %s\n", d.memberList(d.alice, trio))
 	cg := d.group(d.carol)
 	for _, k := range d.keyChain[:len(d.keyChain)-1] {
 		if cg.HasKey(k) {
@@ -258,11 +263,144 @@ func (d *demo) stepChat() error {
 
 // ---- step 3 ----
 
+// stepJoin: alice adds dave, whom she cannot reach, and writes as he joins
+// through bob. dave's key comes from bob: offered when dave appears on the
+// group topic, or asked for when a message under it reaches dave first.
+// Which of the two happened depends on a hash ranking; the narration reads
+// it off the nodes' counters.
+func (d *demo) stepJoin() error {
+	d.printf("\n%s: alice adds dave, whom she cannot reach; dave joins through bob while alice writes\n", headJoin)
+	ag, bg, cg := d.group(d.alice), d.group(d.bob), d.group(d.carol)
+	base := d.stats()
+	prevKey := ag.SendingKeyID()
+	octx, cancel := context.WithTimeout(d.ctx, waitTimeout)
+	defer cancel()
+	if err := ag.Add(octx, d.dave.ID(), roster.RoleMember); err != nil {
+		return fmt.Errorf("add dave: %w", err)
+	}
+	key := ag.SendingKeyID()
+	if key.IsZero() || key == prevKey {
+		return fmt.Errorf("alice's sending key is %s after adding dave, want a new epoch key", key.Short())
+	}
+	if d.alice.node.Stats().KeysGenerated != base[d.alice].KeysGenerated {
+		return errors.New("alice generated a random key on adding dave; the add should derive it")
+	}
+	d.joinKey = key
+	d.keyChain = append(d.keyChain, key)
+	d.printf("   alice adds dave: key %s → %s, derived one-way from %s; her pairwise push of %s to dave fails:\n",
+		prevKey.Short(), key.Short(), prevKey.Short(), key.Short())
+	d.printf("   she cannot reach him\n")
+	if err := d.waitFor("bob and carol to apply the add and send with "+key.Short(), func() bool {
+		return bg.IsMember(d.dave.ID()) && cg.IsMember(d.dave.ID()) && bg.SendingKeyID() == key && cg.SendingKeyID() == key
+	}); err != nil {
+		return err
+	}
+	if n := d.bob.node.Stats().KeysGenerated + d.carol.node.Stats().KeysGenerated; n != base[d.bob].KeysGenerated+base[d.carol].KeysGenerated {
+		return errors.New("bob or carol generated a key on the add; they should derive it")
+	}
+	d.printf("   bob and carol apply the add and derive %s themselves\n", key.Short())
+
+	if _, err := d.dave.node.JoinGroup(octx, d.gid, addrInfo(d.bob.node)); err != nil {
+		return fmt.Errorf("dave joins through bob: %w", err)
+	}
+	dg := d.group(d.dave)
+	texts := []string{"welcome, dave", "you joined just now"}
+	var sent []*node.Message
+	for _, t := range texts {
+		m, err := d.send(d.alice, t)
+		if err != nil {
+			return err
+		}
+		if m.KeyID != key {
+			return fmt.Errorf("alice sent with %s, want %s", m.KeyID.Short(), key.Short())
+		}
+		sent = append(sent, m)
+	}
+	d.printf("   dave joins through bob, and alice writes at once, under %s:\n", key.Short())
+	for _, m := range sent {
+		d.printf("   alice sends: %s\n", m.Text)
+	}
+	for _, m := range sent {
+		for _, r := range []*member{d.dave, d.bob, d.carol} {
+			if err := d.waitReads(r, m); err != nil {
+				return err
+			}
+		}
+	}
+	if err := d.waitFor("bob's key transfer to dave to be acknowledged", func() bool {
+		return d.bob.node.Stats().KeyTransfersSent > base[d.bob].KeyTransfersSent
+	}); err != nil {
+		return err
+	}
+	if err := d.waitFor("alice, bob, carol and dave to send with "+key.Short(), func() bool {
+		return ag.SendingKeyID() == key && bg.SendingKeyID() == key && cg.SendingKeyID() == key && dg.SendingKeyID() == key
+	}); err != nil {
+		return err
+	}
+
+	order, views, err := d.view(d.dave, sent)
+	if err != nil {
+		return err
+	}
+	for _, e := range order {
+		m := e.Message
+		v := views[m.ID()]
+		switch {
+		case m.Status == node.StatusWaitingForKey:
+			d.printf("   dave sees alice: [waiting for its key]   (#%d reached him before %s)\n", m.Seq, key.Short())
+		case v.waiting != nil:
+			d.printf("   dave sees alice: %s   (#%d, decrypted %d ms after it reached him)\n",
+				m.Text, m.Seq, e.Time.Sub(v.waiting.Message.ReceivedAt).Milliseconds())
+		default:
+			d.printf("   dave sees alice: %s   (#%d, shown decrypted)\n", m.Text, m.Seq)
+		}
+	}
+	d.printf("   bob and carol see both lines too\n")
+
+	now := d.stats()
+	delta := func(m *member, f func(node.Stats) uint64) uint64 { return f(now[m]) - f(base[m]) }
+	sentBy := func(s node.Stats) uint64 { return s.KeyTransfersSent }
+	requests := delta(d.dave, func(s node.Stats) uint64 { return s.KeyRequestsSent })
+	fromBob := delta(d.bob, sentBy)
+	if n := delta(d.dave, func(s node.Stats) uint64 { return s.KeyTransfersAccepted }); n == 0 {
+		return errors.New("dave holds the key but accepted no key transfer")
+	}
+	if n := delta(d.alice, sentBy) + delta(d.carol, sentBy); n != 0 {
+		return fmt.Errorf("alice and carol delivered %d key transfers, but neither can reach dave", n)
+	}
+	if err := d.checkCutOff(); err != nil {
+		return err
+	}
+	transfers := fmt.Sprintf("key transfers: %d from bob, 0 from alice and carol, who cannot reach him", fromBob)
+	if requests == 0 {
+		d.printf("   dave got %s from bob, offered: bob pushed it pairwise as dave appeared on the group topic,\n", key.Short())
+		d.printf("   unasked (0 key requests from dave; %s)\n", transfers)
+	} else {
+		d.printf("   dave got %s from bob, asked for: a message under it reached him first, so he published\n", key.Short())
+		d.printf("   %d key request(s); bob delivered it pairwise (%s)\n", requests, transfers)
+	}
+	if dg.HasKey(prevKey) {
+		return fmt.Errorf("dave holds %s, the key from before his add", prevKey.Short())
+	}
+	four := []*member{d.alice, d.bob, d.carol, d.dave}
+	if err := d.waitFor("all four nodes to agree on the roster", func() bool {
+		return d.checkMembers(four, four) == nil
+	}); err != nil {
+		return errors.Join(err, d.checkMembers(four, four))
+	}
+	d.printf("   dave does not hold %s: the chat from before he joined stays closed to him\n", prevKey.Short())
+	d.printf("   members, the same on all four nodes: %s; all four send with %s\n", d.memberList(d.alice, four), key.Short())
+	return nil
+}
+
+// ---- step 4 ----
+
 func (d *demo) stepRemove() error {
 	d.printf("\n%s: alice removes carol; the key rotates\n", headRemove)
-	ag, bg, cg := d.group(d.alice), d.group(d.bob), d.group(d.carol)
+	ag, bg, cg, dg := d.group(d.alice), d.group(d.bob), d.group(d.carol), d.group(d.dave)
+	d.rotBase = d.stats()
+	base := d.rotBase
 	oldKey := ag.SendingKeyID()
-	pushed := d.alice.node.Stats().KeyTransfersSent
 	octx, cancel := context.WithTimeout(d.ctx, waitTimeout)
 	defer cancel()
 	if err := ag.Remove(octx, d.carol.ID()); err != nil {
@@ -272,7 +410,10 @@ func (d *demo) stepRemove() error {
 	if newKey.IsZero() || newKey == oldKey {
 		return fmt.Errorf("alice's sending key is %s after the removal, want a new key (was %s)", newKey.Short(), oldKey.Short())
 	}
-	d.removedKey = newKey
+	if n := d.alice.node.Stats().KeysGenerated - base[d.alice].KeysGenerated; n != 1 {
+		return fmt.Errorf("alice generated %d random keys on the removal, want 1", n)
+	}
+	d.rotKey = newKey
 	d.keyChain = append(d.keyChain, newKey)
 	d.printf("   rotation: old key %s → new key %s (fresh random key, made by alice)\n", oldKey.Short(), newKey.Short())
 
@@ -280,36 +421,60 @@ func (d *demo) stepRemove() error {
 		return err
 	}
 	if err := d.waitFor("alice's transfer of the new key to be acknowledged", func() bool {
-		return d.alice.node.Stats().KeyTransfersSent > pushed
+		return d.alice.node.Stats().KeyTransfersSent > base[d.alice].KeyTransfersSent
 	}); err != nil {
 		return err
 	}
-	if n := d.alice.node.Stats().KeyTransfersSent - pushed; n != 1 {
+	if n := d.alice.node.Stats().KeyTransfersSent - base[d.alice].KeyTransfersSent; n != 1 {
 		return fmt.Errorf("alice delivered %d key transfers for the rotation, want 1 (bob only)", n)
 	}
-	d.printf("   alice sent %s pairwise to bob (1 transfer, none to carol); alice and bob both send with %s now\n", newKey.Short(), newKey.Short())
-	if err := d.waitFor("carol's node to apply her removal", func() bool { return !cg.IsMember(d.carol.ID()) }); err != nil {
+	if n := d.bob.node.Stats().KeyTransfersAccepted - base[d.bob].KeyTransfersAccepted; n != 1 {
+		return fmt.Errorf("bob accepted %d key transfers, want 1 (alice's push)", n)
+	}
+	if err := d.waitFor("dave's and carol's nodes to apply the removal", func() bool {
+		return !dg.IsMember(d.carol.ID()) && !cg.IsMember(d.carol.ID())
+	}); err != nil {
 		return err
 	}
-	if err := d.checkMembers([]*member{d.alice, d.bob}, []*member{d.alice, d.bob}); err != nil {
+	trio := []*member{d.alice, d.bob, d.dave}
+	if err := d.checkMembers(trio, trio); err != nil {
 		return err
 	}
-	d.printf("   members now: alice, bob (carol's own node agrees she is out)\n")
+	if err := d.checkCutOff(); err != nil {
+		return err
+	}
+	if dg.HasKey(newKey) {
+		return fmt.Errorf("dave already holds %s: no key in flight, nothing to heal", newKey.Short())
+	}
+	if k := dg.SendingKeyID(); !k.IsZero() {
+		return fmt.Errorf("dave still sends with %s after the removal", k.Short())
+	}
+	d.printf("   alice pushes %s pairwise: it reaches bob (1 transfer), not dave, whom she cannot reach; none goes to carol.\n", newKey.Short())
+	d.printf("   alice and bob send with %s; dave does not hold it yet\n", newKey.Short())
+	d.printf("   members now: %s, the same on their three nodes; carol's own node agrees she is out\n", d.memberList(d.alice, trio))
 
-	text := "carol can't read this"
-	m, err := d.send(d.alice, text)
-	if err != nil {
-		return err
+	texts := []string{"carol can't read this", "this left before your key did", "nothing gets lost"}
+	for _, t := range texts {
+		m, err := d.send(d.alice, t)
+		if err != nil {
+			return err
+		}
+		if m.KeyID != newKey {
+			return fmt.Errorf("alice sent with %s after the rotation, want %s", m.KeyID.Short(), newKey.Short())
+		}
+		d.raced = append(d.raced, m)
+		d.removedText = append(d.removedText, t)
 	}
-	if m.KeyID != newKey {
-		return fmt.Errorf("alice sent with %s after the rotation, want %s", m.KeyID.Short(), newKey.Short())
+	d.printf("   alice sends %d lines at once under %s:\n", len(d.raced), newKey.Short())
+	for _, m := range d.raced {
+		d.printf("   alice sends: %s\n", m.Text)
 	}
-	d.removedText = append(d.removedText, text)
-	d.printf("   alice sends under %s: %s\n", m.KeyID.Short(), text)
-	if err := d.waitReads(d.bob, m); err != nil {
-		return err
+	for _, m := range d.raced {
+		if err := d.waitReads(d.bob, m); err != nil {
+			return err
+		}
+		d.printf("   bob sees alice: %s\n", m.Text)
 	}
-	d.printf("   bob sees alice: %s\n", text)
 
 	held, total, err := d.checkCarol()
 	if err != nil {
@@ -318,22 +483,20 @@ func (d *demo) stepRemove() error {
 	if !d.connected(d.carol, d.alice) || !d.connected(d.carol, d.bob) {
 		return errors.New("carol is no longer connected to alice and bob")
 	}
-	d.printf("   carol cannot read it: her node does not hold %s (it holds %s, from before her removal)\n", newKey.Short(), held)
-	d.printf("   and none of the %d messages in her history contains the text.\n", total)
+	d.printf("   carol cannot read them: her node does not hold %s (it holds %s, from before her removal),\n", newKey.Short(), held)
+	d.printf("   and none of the %d messages in her history contains their text.\n", total)
 	d.printf("   (carol is still connected to alice and bob. In a real network a removed member can still\n")
 	d.printf("   capture the ciphertext; what she lacks is the key.)\n")
 	return nil
 }
 
-// checkCarol checks that carol holds none of the keys made after her
-// removal and has read none of the texts sent since; it returns the keys
-// she does hold and the size of her history.
+// checkCarol checks that carol holds no key made after her removal and has
+// read none of the texts sent since; it returns the keys she does hold and
+// the size of her history.
 func (d *demo) checkCarol() (string, int, error) {
 	cg := d.group(d.carol)
-	for _, k := range []keyring.ID{d.removedKey, d.daveKey} {
-		if !k.IsZero() && cg.HasKey(k) {
-			return "", 0, fmt.Errorf("carol holds %s, a key made after her removal", k.Short())
-		}
+	if cg.HasKey(d.rotKey) {
+		return "", 0, fmt.Errorf("carol holds %s, the key made at her removal", d.rotKey.Short())
 	}
 	hist, err := cg.History()
 	if err != nil {
@@ -359,124 +522,52 @@ func (d *demo) checkCarol() (string, int, error) {
 	return strings.Join(ks, ", "), len(hist), nil
 }
 
-// ---- step 4 ----
+// ---- step 5 ----
 
+// stepHeal: alice's lines under the new key reached dave (through bob)
+// before the key could: dave shows them waiting, asks the group for the key,
+// bob answers, and they appear decrypted.
 func (d *demo) stepHeal() error {
-	d.printf("\n%s: alice adds dave, whom she cannot reach; dave joins through bob\n", headHeal)
-	ag, bg := d.group(d.alice), d.group(d.bob)
-	aBase, bBase, dBase := d.alice.node.Stats(), d.bob.node.Stats(), d.dave.node.Stats()
-	prevKey := ag.SendingKeyID()
-	octx, cancel := context.WithTimeout(d.ctx, waitTimeout)
-	defer cancel()
-	if err := ag.Add(octx, d.dave.ID(), roster.RoleMember); err != nil {
-		return fmt.Errorf("add dave: %w", err)
-	}
-	key := ag.SendingKeyID()
-	if key.IsZero() || key == prevKey {
-		return fmt.Errorf("alice's sending key is %s after adding dave, want a new epoch key", key.Short())
-	}
-	if d.alice.node.Stats().KeysGenerated != aBase.KeysGenerated {
-		return errors.New("alice generated a random key on adding dave; the add should derive it")
-	}
-	d.daveKey = key
-	d.keyChain = append(d.keyChain, key)
-	d.printf("   alice adds dave: key %s → %s, derived one-way from %s; alice's pairwise push of it to dave fails: she cannot reach him\n",
-		prevKey.Short(), key.Short(), prevKey.Short())
-	if err := d.waitFor("bob to apply the add and derive "+key.Short(), func() bool {
-		return bg.IsMember(d.dave.ID()) && bg.HasKey(key)
-	}); err != nil {
-		return err
-	}
-	d.printf("   bob applies the add and derives %s himself\n", key.Short())
-	if _, err := d.dave.node.JoinGroup(octx, d.gid, addrInfo(d.bob.node)); err != nil {
-		return fmt.Errorf("dave joins through bob: %w", err)
-	}
-	dg := d.group(d.dave)
-	if err := d.waitFor("dave and bob to see each other on the group topic", func() bool {
-		return len(dg.Peers()) >= 1 && slices.Contains(bg.Peers(), d.dave.ID())
-	}); err != nil {
-		return err
-	}
-	if dg.HasKey(key) {
-		return fmt.Errorf("dave already holds %s: nothing to heal", key.Short())
-	}
-	d.printf("   dave joins through bob; he does not hold %s\n", key.Short())
-
-	texts := []string{"welcome, dave", "this left before your key did", "nothing gets lost"}
-	var sent []*node.Message
-	for _, t := range texts {
-		m, err := d.send(d.alice, t)
-		if err != nil {
-			return err
-		}
-		if m.KeyID != key {
-			return fmt.Errorf("alice sent with %s, want %s", m.KeyID.Short(), key.Short())
-		}
-		sent = append(sent, m)
-	}
-	d.printf("   alice sends %d messages at once under %s\n", len(sent), key.Short())
-	for _, m := range sent {
+	key := d.rotKey
+	d.printf("\n%s: alice's lines under %s reach dave, through bob, before %s does\n", headHeal, key.Short(), key.Short())
+	ag, bg, dg := d.group(d.alice), d.group(d.bob), d.group(d.dave)
+	base := d.rotBase
+	for _, m := range d.raced {
 		if err := d.waitReads(d.dave, m); err != nil {
-			return err
-		}
-		if err := d.waitReads(d.bob, m); err != nil {
 			return err
 		}
 	}
 	if err := d.waitFor("bob's answer to be acknowledged", func() bool {
-		return d.bob.node.Stats().KeyTransfersSent > bBase.KeyTransfersSent
+		return d.bob.node.Stats().KeyTransfersSent > base[d.bob].KeyTransfersSent
 	}); err != nil {
 		return err
 	}
-	dStats := d.dave.node.Stats()
-	if dStats.KeyRequestsSent == dBase.KeyRequestsSent {
+	now := d.stats()
+	requests := now[d.dave].KeyRequestsSent - base[d.dave].KeyRequestsSent
+	if requests == 0 {
 		return errors.New("dave decrypted without publishing a key request")
 	}
-	if dStats.KeyTransfersAccepted == dBase.KeyTransfersAccepted {
+	if now[d.dave].KeyTransfersAccepted == base[d.dave].KeyTransfersAccepted {
 		return errors.New("dave accepted no key transfer")
 	}
-	if n := d.alice.node.Stats().KeyTransfersSent - aBase.KeyTransfersSent; n != 0 {
-		return fmt.Errorf("alice delivered %d key transfers, but she cannot reach dave", n)
+	if n := now[d.alice].KeyTransfersSent - base[d.alice].KeyTransfersSent; n != 1 {
+		return fmt.Errorf("alice delivered %d key transfers since the removal, want 1 (to bob); she cannot reach dave", n)
 	}
-	if d.connected(d.alice, d.dave) {
-		return errors.New("alice and dave are connected")
+	if n := now[d.carol].KeyTransfersSent - base[d.carol].KeyTransfersSent; n != 0 {
+		return fmt.Errorf("carol delivered %d key transfers after her removal", n)
+	}
+	if err := d.checkCutOff(); err != nil {
+		return err
 	}
 
-	// What dave's node showed, in the order it showed it.
-	type shown struct{ waiting, decrypted *node.Event }
-	views := make(map[string]*shown)
-	for _, m := range sent {
-		views[m.ID()] = &shown{}
-	}
-	var order []node.Event
-	for _, e := range d.dave.rec.snapshot() {
-		if e.Group != d.gid || e.Message == nil {
-			continue
-		}
-		v, ok := views[e.Message.ID()]
-		if !ok {
-			continue
-		}
-		switch {
-		case e.Kind == node.EventMessage && e.Message.Status == node.StatusWaitingForKey && v.waiting == nil:
-			if e.Message.Text != "" {
-				return errors.New("a message waiting for its key carries text")
-			}
-			v.waiting = &e
-		case e.Message.Status == node.StatusOK && v.decrypted == nil:
-			v.decrypted = &e
-		default:
-			continue
-		}
-		order = append(order, e)
+	order, views, err := d.view(d.dave, d.raced)
+	if err != nil {
+		return err
 	}
 	waited := 0
 	for _, v := range views {
 		if v.waiting != nil {
 			waited++
-			if v.decrypted == nil || v.decrypted.Kind != node.EventMessageDecrypted || v.decrypted.Seq < v.waiting.Seq {
-				return errors.New("a waiting message was not later shown decrypted")
-			}
 		}
 	}
 	if waited == 0 {
@@ -490,9 +581,9 @@ func (d *demo) stepHeal() error {
 			d.printf("   dave sees alice: [waiting for key %s]   (alice's message #%d)\n", m.KeyID.Short(), m.Seq)
 		default:
 			if !announced {
-				d.printf("   dave publishes a key request for %s (%d sent); bob answers pairwise (key transfers: %d from bob, 0 from alice)\n",
-					key.Short(), dStats.KeyRequestsSent-dBase.KeyRequestsSent,
-					d.bob.node.Stats().KeyTransfersSent-bBase.KeyTransfersSent)
+				d.printf("   dave publishes a key request for %s (%d sent); bob answers pairwise\n", key.Short(), requests)
+				d.printf("   (key transfers since the removal: %d from bob to dave, 1 from alice, to bob)\n",
+					now[d.bob].KeyTransfersSent-base[d.bob].KeyTransfersSent)
 				announced = true
 			}
 			if v := views[m.ID()]; v.waiting != nil {
@@ -500,7 +591,7 @@ func (d *demo) stepHeal() error {
 				d.healDelays = append(d.healDelays, delay)
 				d.printf("   dave sees alice: %s   (#%d, decrypted %d ms after it arrived)\n", m.Text, m.Seq, delay.Milliseconds())
 			} else {
-				d.printf("   dave sees alice: %s   (#%d arrived after the key: decrypted at once)\n", m.Text, m.Seq)
+				d.printf("   dave sees alice: %s   (#%d, shown decrypted: its key had come by then)\n", m.Text, m.Seq)
 			}
 		}
 	}
@@ -509,7 +600,7 @@ func (d *demo) stepHeal() error {
 	if err != nil {
 		return fmt.Errorf("dave's history: %w", err)
 	}
-	for _, m := range sent {
+	for _, m := range d.raced {
 		if !slices.ContainsFunc(hist, func(h node.Message) bool {
 			return h.ID() == m.ID() && h.Status == node.StatusOK && h.Text == m.Text
 		}) {
@@ -521,12 +612,12 @@ func (d *demo) stepHeal() error {
 	}); err != nil {
 		return err
 	}
-	d.printf("   nothing lost: dave's history holds all %d of alice's messages, decrypted; %d of them were shown waiting first.\n", len(sent), waited)
+	d.printf("   nothing lost: dave's history holds all %d lines, decrypted; %d of them were shown waiting first.\n", len(d.raced), waited)
 	d.printf("   alice, bob and dave now all send with %s\n", key.Short())
 	return nil
 }
 
-// ---- step 5 ----
+// ---- step 6 ----
 
 func (d *demo) stepSummary() error {
 	if _, _, err := d.checkCarol(); err != nil {
@@ -542,8 +633,8 @@ func (d *demo) stepSummary() error {
 	}
 	d.printf("\n%s: %d nodes, %d messages, each read by every member entitled to it; keys %s;\n",
 		headSummary, len(d.all), d.sentCount, strings.Join(chain, " → "))
-	d.printf("   carol still cannot read anything sent after her removal; dave healed in at most %d ms with nothing lost.\n",
-		worst.Milliseconds())
+	d.printf("   carol still cannot read anything sent after her removal; dave, reachable only through bob,\n")
+	d.printf("   read everything sent since he joined, and healed the key in flight in at most %d ms.\n", worst.Milliseconds())
 	d.printf("   every check passed in %.1f s.\n", time.Since(d.start).Seconds())
 	return nil
 }
@@ -638,6 +729,84 @@ func (d *demo) checkMembers(on, want []*member) error {
 		}
 	}
 	return nil
+}
+
+// stats reads every node's counters.
+func (d *demo) stats() map[*member]node.Stats {
+	out := make(map[*member]node.Stats, len(d.all))
+	for _, m := range d.all {
+		out[m] = m.node.Stats()
+	}
+	return out
+}
+
+// checkCutOff checks that dave is connected to neither alice nor carol.
+func (d *demo) checkCutOff() error {
+	for _, o := range []*member{d.alice, d.carol} {
+		if d.connected(o, d.dave) {
+			return fmt.Errorf("%s and dave are connected despite the connection gater", o.name)
+		}
+	}
+	return nil
+}
+
+// memberList names the members in the order the node of on lists them,
+// with their roles.
+func (d *demo) memberList(on *member, want []*member) string {
+	st := d.group(on).State()
+	var ms []string
+	for _, m := range want {
+		role, _ := st.RoleOf(m.ID())
+		ms = append(ms, fmt.Sprintf("%s (%s)", m.name, role))
+	}
+	return strings.Join(ms, ", ")
+}
+
+// shown is how one node showed one message: waiting for its key first (or
+// not), then decrypted.
+type shown struct{ waiting, decrypted *node.Event }
+
+// view returns how r's node showed the messages sent, in the order it
+// showed them: at most one waiting and one decrypted event per message. It
+// checks that every message was shown decrypted, that one shown waiting
+// carried no text and was shown decrypted later by an EventMessageDecrypted.
+func (d *demo) view(r *member, sent []*node.Message) ([]node.Event, map[string]*shown, error) {
+	views := make(map[string]*shown, len(sent))
+	for _, m := range sent {
+		views[m.ID()] = &shown{}
+	}
+	var order []node.Event
+	for _, e := range r.rec.snapshot() {
+		if e.Group != d.gid || e.Message == nil {
+			continue
+		}
+		v, ok := views[e.Message.ID()]
+		if !ok {
+			continue
+		}
+		switch {
+		case e.Kind == node.EventMessage && e.Message.Status == node.StatusWaitingForKey && v.waiting == nil:
+			if e.Message.Text != "" {
+				return nil, nil, fmt.Errorf("a message waiting for its key carries text on %s's node", r.name)
+			}
+			v.waiting = &e
+		case e.Message.Status == node.StatusOK && v.decrypted == nil:
+			v.decrypted = &e
+		default:
+			continue
+		}
+		order = append(order, e)
+	}
+	for _, m := range sent {
+		v := views[m.ID()]
+		switch {
+		case v.decrypted == nil || v.decrypted.Message.Text != m.Text:
+			return nil, nil, fmt.Errorf("%s's node never showed %q decrypted", r.name, m.Text)
+		case v.waiting != nil && (v.decrypted.Kind != node.EventMessageDecrypted || v.decrypted.Seq < v.waiting.Seq):
+			return nil, nil, fmt.Errorf("%q, shown waiting on %s's node, was not later shown decrypted", m.Text, r.name)
+		}
+	}
+	return order, views, nil
 }
 
 // waitFor polls cond until it holds, for at most waitTimeout.
