@@ -163,6 +163,23 @@ func dial(home string) (*client.Client, error) {
 	return client.New(home)
 }
 
+// dialWith parses args, requires exactly want positional arguments (else a
+// usage error saying what), and returns a client for the daemon in --home.
+func (f *flags) dialWith(args []string, want int, what string) (*client.Client, []string, error) {
+	pos, err := f.parse(args)
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(pos) != want {
+		if want == 0 {
+			return nil, nil, fmt.Errorf("%w: unexpected argument %q", errUsage, pos[0])
+		}
+		return nil, nil, fmt.Errorf("%w: %s", errUsage, what)
+	}
+	c, err := dial(*f.home)
+	return c, pos, err
+}
+
 // commandContext is cancelled by SIGINT/SIGTERM or after timeout (0: none).
 func commandContext(timeout time.Duration) (context.Context, context.CancelFunc) {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

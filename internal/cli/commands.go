@@ -20,12 +20,7 @@ func printJSON(w io.Writer, v any) error {
 func runID(e *env, args []string) error {
 	f := newFlags(e, "id", true)
 	asJSON := f.Bool("json", false, "print JSON")
-	if pos, err := f.parse(args); err != nil {
-		return err
-	} else if len(pos) > 0 {
-		return fmt.Errorf("%w: unexpected argument %q", errUsage, pos[0])
-	}
-	c, err := dial(*f.home)
+	c, _, err := f.dialWith(args, 0, "id takes no arguments")
 	if err != nil {
 		return err
 	}
@@ -47,14 +42,7 @@ func runID(e *env, args []string) error {
 
 func runConnect(e *env, args []string) error {
 	f := newFlags(e, "connect", true)
-	pos, err := f.parse(args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 1 {
-		return fmt.Errorf("%w: connect takes one MULTIADDR", errUsage)
-	}
-	c, err := dial(*f.home)
+	c, pos, err := f.dialWith(args, 1, "connect takes one MULTIADDR")
 	if err != nil {
 		return err
 	}
@@ -70,12 +58,7 @@ func runConnect(e *env, args []string) error {
 func runPeers(e *env, args []string) error {
 	f := newFlags(e, "peers", true)
 	asJSON := f.Bool("json", false, "print JSON")
-	if pos, err := f.parse(args); err != nil {
-		return err
-	} else if len(pos) > 0 {
-		return fmt.Errorf("%w: unexpected argument %q", errUsage, pos[0])
-	}
-	c, err := dial(*f.home)
+	c, _, err := f.dialWith(args, 0, "peers takes no arguments")
 	if err != nil {
 		return err
 	}
@@ -236,14 +219,7 @@ func runMessages(e *env, args []string) error {
 	f := newFlags(e, "messages", true)
 	asJSON := f.Bool("json", false, "one JSON object per line")
 	follow := f.Bool("follow", false, "keep printing new messages")
-	pos, err := f.parse(args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 1 {
-		return fmt.Errorf("%w: messages takes one GROUP", errUsage)
-	}
-	c, err := dial(*f.home)
+	c, pos, err := f.dialWith(args, 1, "messages takes one GROUP")
 	if err != nil {
 		return err
 	}

@@ -324,18 +324,27 @@ func parsePeer(s string) (peer.ID, error) {
 	return p, nil
 }
 
-func (s *Server) invite(r *http.Request) (any, error) {
+// groupAndPeer resolves the {group} in the path and the peer_id in the body.
+func (s *Server) groupAndPeer(r *http.Request) (*node.Group, peer.ID, error) {
 	g, err := s.lookup(r.PathValue("group"))
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	var in struct {
 		PeerID string `json:"peer_id"`
 	}
 	if err := decode(r, &in); err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	p, err := parsePeer(in.PeerID)
+	if err != nil {
+		return nil, "", err
+	}
+	return g, p, nil
+}
+
+func (s *Server) invite(r *http.Request) (any, error) {
+	g, p, err := s.groupAndPeer(r)
 	if err != nil {
 		return nil, err
 	}
@@ -372,17 +381,7 @@ func (s *Server) join(r *http.Request) (any, error) {
 }
 
 func (s *Server) remove(r *http.Request) (any, error) {
-	g, err := s.lookup(r.PathValue("group"))
-	if err != nil {
-		return nil, err
-	}
-	var in struct {
-		PeerID string `json:"peer_id"`
-	}
-	if err := decode(r, &in); err != nil {
-		return nil, err
-	}
-	p, err := parsePeer(in.PeerID)
+	g, p, err := s.groupAndPeer(r)
 	if err != nil {
 		return nil, err
 	}
