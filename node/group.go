@@ -492,19 +492,17 @@ func (g *Group) Send(ctx context.Context, text string) (*Message, error) {
 		}
 		key = rotated
 	}
-	seq, err := g.n.store.NextCounter(g.id, "seq")
-	if err != nil {
-		g.mu.Unlock()
-		return nil, err
-	}
 	now := time.Now()
-	env, err := gossip.SealEnvelope(g.n.rand, g.n.priv, key, seq, capHeads(g.roster.Heads(), gossip.MaxRosterHeads), &wire.Content{Text: text, SentAtMs: now.UnixMilli()})
+	var env *gossip.Envelope
+	seq, err := g.n.store.AppendOwn(g.id, "seq", []byte(g.n.self), func(seq uint64) ([]byte, error) {
+		var err error
+		env, err = gossip.SealEnvelope(g.n.rand, g.n.priv, key, seq, capHeads(g.roster.Heads(), gossip.MaxRosterHeads), &wire.Content{Text: text, SentAtMs: now.UnixMilli()})
+		if err != nil {
+			return nil, err
+		}
+		return proto.Marshal(&wire.MessageRecord{Envelope: env.Signed, ReceivedAtMs: now.UnixMilli()})
+	})
 	if err != nil {
-		g.mu.Unlock()
-		return nil, err
-	}
-	rec, _ := proto.Marshal(&wire.MessageRecord{Envelope: env.Signed, ReceivedAtMs: now.UnixMilli()})
-	if _, _, err := g.n.store.PutMessage(g.id, []byte(g.n.self), seq, rec); err != nil {
 		g.mu.Unlock()
 		return nil, err
 	}

@@ -277,27 +277,6 @@ func counterIn(txn *badger.Txn, k []byte) (uint64, error) {
 	return v, err
 }
 
-// NextCounter atomically increments the named per-group counter and returns
-// its new value (the first call returns 1). The increment is on disk before
-// it returns, so a number handed out is never handed out again.
-func (s *Store) NextCounter(gid [32]byte, name string) (uint64, error) {
-	k := groupKey(tagCounter, gid, []byte(name))
-	for {
-		var next uint64
-		err := s.db.Update(func(txn *badger.Txn) error {
-			cur, err := counterIn(txn, k)
-			if err != nil {
-				return err
-			}
-			next = cur + 1
-			return txn.Set(k, u64(next))
-		})
-		if !errors.Is(err, badger.ErrConflict) {
-			return next, err
-		}
-	}
-}
-
 // Counter returns the named per-group counter's value (0 if never set).
 func (s *Store) Counter(gid [32]byte, name string) (uint64, error) {
 	var v uint64
@@ -402,4 +381,47 @@ func (s *Store) PutAddrs(peerID []byte, record []byte) error {
 // Addrs returns a peer's address record.
 func (s *Store) Addrs(peerID []byte) ([]byte, error) {
 	return s.get(append([]byte{tagAddr}, peerID...))
+}
+
+// AppendOwn stores a message this node composes, under the next value of
+// the named per-group counter, in one synced transaction: build receives
+// the sequence number and returns the record. A crash never leaves a
+// sequence number handed out without its message, or the reverse.
+func (s *Store) AppendOwn(gid [32]byte, counter string, sender []byte, build func(seq uint64) ([]byte, error)) (uint64, error) {
+	ck := groupKey(tagCounter, gid, []byte(counter))
+	lk := groupKey(tagCounter, gid, []byte("log"))
+	for {
+		var seq uint64
+		err := s.db.Update(func(txn *badger.Txn) error {
+			cur, err := counterIn(txn, ck)
+			if err != nil {
+				return err
+			}
+			seq = cur + 1
+			rec, err := build(seq)
+			if err != nil {
+				return err
+			}
+			ss := senderSeq(sender, seq)
+			mk := groupKey(tagMsg, gid, ss)
+			if _, err := txn.Get(mk); err == nil {
+				return fmt.Errorf("message slot %d already taken", seq)
+			} else if !errors.Is(err, badger.ErrKeyNotFound) {
+				return err
+			}
+			next, err := counterIn(txn, lk)
+			if err != nil {
+				return err
+			}
+			for _, kv := range [][2][]byte{{ck, u64(seq)}, {lk, u64(next + 1)}, {groupKey(tagLog, gid, u64(next)), ss}, {mk, rec}} {
+				if err := txn.Set(kv[0], kv[1]); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if !errors.Is(err, badger.ErrConflict) {
+			return seq, err
+		}
+	}
 }

@@ -110,7 +110,7 @@ func TestPutMessagesBatchAndIndex(t *testing.T) {
 	}
 }
 
-func TestCountersAreAtomic(t *testing.T) {
+func TestAppendOwnIsAtomic(t *testing.T) {
 	s := open(t, "")
 	defer s.Close()
 	g := gid(4)
@@ -121,13 +121,15 @@ func TestCountersAreAtomic(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := 0; i < 50; i++ {
-				v, err := s.NextCounter(g, "seq")
+				v, err := s.AppendOwn(g, "seq", []byte("me"), func(seq uint64) ([]byte, error) {
+					return []byte(fmt.Sprint(seq)), nil
+				})
 				if err != nil {
 					t.Error(err)
 					return
 				}
 				if _, dup := seen.LoadOrStore(v, true); dup {
-					t.Errorf("counter value %d handed out twice", v)
+					t.Errorf("sequence number %d handed out twice", v)
 				}
 			}
 		}()
@@ -135,6 +137,23 @@ func TestCountersAreAtomic(t *testing.T) {
 	wg.Wait()
 	if v, _ := s.Counter(g, "seq"); v != 400 {
 		t.Fatalf("counter %d, want 400", v)
+	}
+	for seq := uint64(1); seq <= 400; seq++ {
+		if b, err := s.Message(g, []byte("me"), seq); err != nil || string(b) != fmt.Sprint(seq) {
+			t.Fatalf("message %d: %q %v", seq, b, err)
+		}
+	}
+	n := 0
+	_ = s.Messages(g, func([]byte) error { n++; return nil })
+	if n != 400 {
+		t.Fatalf("arrival log has %d entries", n)
+	}
+	// A failing build stores nothing and hands out nothing.
+	if _, err := s.AppendOwn(g, "seq", []byte("me"), func(uint64) ([]byte, error) { return nil, errors.New("no") }); err == nil {
+		t.Fatal("a failing build was stored")
+	}
+	if v, _ := s.Counter(g, "seq"); v != 400 {
+		t.Fatalf("a failed append moved the counter to %d", v)
 	}
 }
 
@@ -149,7 +168,7 @@ func TestPersistsAcrossReopenAndDeleteGroup(t *testing.T) {
 	if _, _, err := s.PutMessage(g, []byte("a"), 1, []byte("m")); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.NextCounter(g, "seq"); err != nil {
+	if _, err := s.AppendOwn(g, "seq", []byte("me"), func(uint64) ([]byte, error) { return []byte("own"), nil }); err != nil {
 		t.Fatal(err)
 	}
 	must(t, s.Close())
