@@ -23,6 +23,7 @@ type Envelope struct {
 	RosterHeads []roster.OpID
 	Nonce       []byte
 	Ciphertext  []byte
+	KeyFirstSeq uint64       // the sender's first seq under KeyID; 0 if not stated
 	Signed      *wire.Signed // the exact signed bytes, for storage and sync
 }
 
@@ -36,8 +37,17 @@ func (e *Envelope) LogValue() slog.Value {
 }
 
 // SealEnvelope encrypts content under key as message seq of the signer and
-// signs the result: one signature per message.
+// signs the result: one signature per message. It states no KeyFirstSeq.
 func SealEnvelope(rand io.Reader, priv crypto.PrivKey, key *keyring.Key, seq uint64, heads []roster.OpID, content *wire.Content) (*Envelope, error) {
+	return SealEnvelopeFrom(rand, priv, key, seq, 0, heads, content)
+}
+
+// SealEnvelopeFrom is SealEnvelope stating keyFirstSeq, the sender's first
+// sequence number under key (at most seq).
+func SealEnvelopeFrom(rand io.Reader, priv crypto.PrivKey, key *keyring.Key, seq, keyFirstSeq uint64, heads []roster.OpID, content *wire.Content) (*Envelope, error) {
+	if keyFirstSeq > seq {
+		return nil, fmt.Errorf("%w: first sequence number %d after %d", ErrMalformed, keyFirstSeq, seq)
+	}
 	if len(content.Text) > MaxTextSize {
 		return nil, fmt.Errorf("%w: text of %d bytes exceeds %d", ErrTooLarge, len(content.Text), MaxTextSize)
 	}
@@ -57,9 +67,10 @@ func SealEnvelope(rand io.Reader, priv crypto.PrivKey, key *keyring.Key, seq uin
 		GroupId:    key.Meta.Group[:],
 		KeyId:      key.Meta.KeyID[:],
 		Sender:     []byte(sender),
-		Seq:        seq,
-		Nonce:      nonce,
-		Ciphertext: ct,
+		Seq:         seq,
+		Nonce:       nonce,
+		Ciphertext:  ct,
+		KeyFirstSeq: keyFirstSeq,
 	}
 	for _, h := range heads {
 		w.RosterHeads = append(w.RosterHeads, h[:])
@@ -68,7 +79,7 @@ func SealEnvelope(rand io.Reader, priv crypto.PrivKey, key *keyring.Key, seq uin
 	if err != nil {
 		return nil, err
 	}
-	return &Envelope{Group: key.Meta.Group, KeyID: key.Meta.KeyID, Sender: sender, Seq: seq,
+	return &Envelope{Group: key.Meta.Group, KeyID: key.Meta.KeyID, Sender: sender, Seq: seq, KeyFirstSeq: keyFirstSeq,
 		RosterHeads: append([]roster.OpID(nil), heads...), Nonce: nonce, Ciphertext: ct, Signed: s}, nil
 }
 
@@ -85,7 +96,7 @@ func OpenEnvelope(s *wire.Signed) (*Envelope, error) {
 	if string(w.Sender) != string(signer) {
 		return nil, fmt.Errorf("%w: envelope sender is not its signer", ErrMalformed)
 	}
-	e := &Envelope{Sender: signer, Seq: w.Seq, Nonce: w.Nonce, Ciphertext: w.Ciphertext, Signed: s}
+	e := &Envelope{Sender: signer, Seq: w.Seq, KeyFirstSeq: w.KeyFirstSeq, Nonce: w.Nonce, Ciphertext: w.Ciphertext, Signed: s}
 	if e.Group, err = roster.ParseOpID(w.GroupId); err != nil {
 		return nil, fmt.Errorf("%w: group id", ErrMalformed)
 	}
@@ -94,6 +105,9 @@ func OpenEnvelope(s *wire.Signed) (*Envelope, error) {
 	}
 	if e.Seq == 0 {
 		return nil, fmt.Errorf("%w: sequence number 0", ErrMalformed)
+	}
+	if e.KeyFirstSeq > e.Seq {
+		return nil, fmt.Errorf("%w: first sequence number %d after %d", ErrMalformed, e.KeyFirstSeq, e.Seq)
 	}
 	if len(w.Ciphertext) > MaxCiphertextSize {
 		return nil, fmt.Errorf("%w: ciphertext of %d bytes", ErrTooLarge, len(w.Ciphertext))

@@ -46,6 +46,7 @@ type Group struct {
 	members          []peer.ID                   // last membership reported in an event
 	sendKey          keyring.ID                  // last sending key reported in an event
 	keyCh            chan struct{}               // closed and replaced when a key arrives
+	ingestQ          chan heldEnvelope           // envelopes from the topic, for ingestLoop
 	signedMeta       map[keyring.ID]*wire.Signed // our signature over key metadata, for transfers
 	waiting          map[keyring.ID][]msgRef     // messages waiting for a key
 	keyReqs          map[keyring.ID]*keyRequest  // outstanding requests for keys
@@ -85,6 +86,7 @@ func (n *Node) startGroup(r *roster.Roster, left, isNew bool) (*Group, error) {
 		reqBudget:  make(map[peer.ID]*tokenBucket),
 		fetching:   make(map[peer.ID]bool),
 		keyCh:      make(chan struct{}),
+		ingestQ:    make(chan heldEnvelope, 4*ingestBatch),
 		syncing:    make(map[peer.ID]bool),
 		resyncAt:   make(map[peer.ID]time.Time),
 	}
@@ -130,8 +132,9 @@ func (n *Node) startGroup(r *roster.Roster, left, isNew bool) (*Group, error) {
 		}
 		var tctx context.Context
 		tctx, g.topicCancel = context.WithCancel(g.ctx)
-		g.topicWG.Add(2)
+		g.topicWG.Add(3)
 		go g.readLoop(tctx, g.topic)
+		go g.ingestLoop(tctx)
 		go g.peerLoop(tctx, peerEvents)
 		g.wg.Add(2)
 		go g.timerLoop()
@@ -494,9 +497,10 @@ func (g *Group) Send(ctx context.Context, text string) (*Message, error) {
 	}
 	now := time.Now()
 	var env *gossip.Envelope
-	seq, err := g.n.store.AppendOwn(g.id, "seq", []byte(g.n.self), func(seq uint64) ([]byte, error) {
+	firstMark := "kfs/" + key.ID().String() // our first seq under this key
+	seq, err := g.n.store.AppendOwn(g.id, "seq", firstMark, []byte(g.n.self), func(seq, first uint64) ([]byte, error) {
 		var err error
-		env, err = gossip.SealEnvelope(g.n.rand, g.n.priv, key, seq, capHeads(g.roster.Heads(), gossip.MaxRosterHeads), &wire.Content{Text: text, SentAtMs: now.UnixMilli()})
+		env, err = gossip.SealEnvelopeFrom(g.n.rand, g.n.priv, key, seq, first, capHeads(g.roster.Heads(), gossip.MaxRosterHeads), &wire.Content{Text: text, SentAtMs: now.UnixMilli()})
 		if err != nil {
 			return nil, err
 		}

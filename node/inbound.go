@@ -176,7 +176,11 @@ func (g *Group) readLoop(ctx context.Context, t *gossip.Topic) {
 		}
 		switch {
 		case in.Envelope != nil:
-			g.onEnvelope(from, in.Envelope)
+			select {
+			case g.ingestQ <- heldEnvelope{from: from, env: in.Envelope}:
+			case <-ctx.Done():
+				return
+			}
 		case in.Op != nil:
 			g.onOps(from, []*roster.Op{in.Op})
 		case in.KeyRequest != nil:
@@ -189,6 +193,34 @@ func (g *Group) readLoop(ctx context.Context, t *gossip.Topic) {
 // waiting for its key (which it then asks for).
 func (g *Group) onEnvelope(from peer.ID, e *gossip.Envelope) {
 	g.ingest(from, []*gossip.Envelope{e})
+}
+
+// ingestBatch is the most envelopes stored in one disk transaction.
+const ingestBatch = 256
+
+// ingestLoop stores envelopes from the topic in batches: under load one
+// synced write covers many messages instead of one each.
+func (g *Group) ingestLoop(ctx context.Context) {
+	defer g.topicWG.Done()
+	for {
+		var first heldEnvelope
+		select {
+		case first = <-g.ingestQ:
+		case <-ctx.Done():
+			return
+		}
+		envs := []*gossip.Envelope{first.env}
+	drain:
+		for len(envs) < ingestBatch {
+			select {
+			case h := <-g.ingestQ:
+				envs = append(envs, h.env)
+			default:
+				break drain
+			}
+		}
+		g.ingest(first.from, envs)
+	}
 }
 
 // markUndecryptable keeps a member's envelope that fails authentication
@@ -369,7 +401,7 @@ type senderOrder struct {
 // deliverLocked shows m in its sender's sequence order. A message that
 // arrives before an earlier one waits at most ReorderWindow; history sync
 // fills real gaps later, and the late message is shown when it comes.
-func (g *Group) deliverLocked(m *Message) {
+func (g *Group) deliverLocked(m *Message, keyFirstSeq uint64) {
 	o := g.order[m.Sender]
 	if o == nil {
 		o = &senderOrder{buffered: make(map[uint64]*Message)}
@@ -377,9 +409,16 @@ func (g *Group) deliverLocked(m *Message) {
 	}
 	// The first message seen from a sender this session: start there if it
 	// is the sender's first ever, or if its predecessor is stored (shown
-	// before a restart). Otherwise wait, briefly, for earlier ones.
-	if o.next == 0 && len(o.buffered) == 0 && (m.Seq == 1 || g.hasMessage(m.Sender, m.Seq-1)) {
-		o.next = m.Seq
+	// before a restart); else from the sender's first message under this
+	// message's key, which we are entitled to; else wait, briefly, for
+	// earlier ones.
+	if o.next == 0 && len(o.buffered) == 0 {
+		switch {
+		case m.Seq == 1 || g.hasMessage(m.Sender, m.Seq-1):
+			o.next = m.Seq
+		case keyFirstSeq != 0:
+			o.next = keyFirstSeq
+		}
 	}
 	switch {
 	case o.next != 0 && m.Seq < o.next:

@@ -294,6 +294,14 @@ func (g *Group) ingest(from peer.ID, envs []*gossip.Envelope) (added int) {
 	// "shown or buffered for display" when deliverLocked consults the store.
 	g.ingestMu.Lock()
 	defer g.ingestMu.Unlock()
+	// In sender and sequence order, so a batch never shows a message
+	// before an earlier one of the same sender that it also carries.
+	slices.SortStableFunc(envs, func(a, b *gossip.Envelope) int {
+		if c := cmp.Compare(a.Sender, b.Sender); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.Seq, b.Seq)
+	})
 	now := time.Now()
 	batch := make([]store.NewMessage, 0, len(envs))
 	for _, e := range envs {
@@ -325,7 +333,7 @@ func (g *Group) ingest(from peer.ID, envs []*gossip.Envelope) (added int) {
 			g.waiting[e.KeyID] = append(g.waiting[e.KeyID], msgRef{e.Sender, e.Seq})
 			g.wantKeyLocked(e.KeyID)
 		}
-		g.deliverLocked(m)
+		g.deliverLocked(m, e.KeyFirstSeq)
 		stale = stale || !g.roster.Knows(e.RosterHeads)
 	}
 	g.mu.Unlock()

@@ -387,7 +387,11 @@ func (s *Store) Addrs(peerID []byte) ([]byte, error) {
 // the named per-group counter, in one synced transaction: build receives
 // the sequence number and returns the record. A crash never leaves a
 // sequence number handed out without its message, or the reverse.
-func (s *Store) AppendOwn(gid [32]byte, counter string, sender []byte, build func(seq uint64) ([]byte, error)) (uint64, error) {
+//
+// firstMark, if not empty, names a counter that remembers the first
+// sequence number appended under it (for example, per key): it is set to
+// seq the first time and passed to build as first.
+func (s *Store) AppendOwn(gid [32]byte, counter, firstMark string, sender []byte, build func(seq, first uint64) ([]byte, error)) (uint64, error) {
 	ck := groupKey(tagCounter, gid, []byte(counter))
 	lk := groupKey(tagCounter, gid, []byte("log"))
 	for {
@@ -398,7 +402,20 @@ func (s *Store) AppendOwn(gid [32]byte, counter string, sender []byte, build fun
 				return err
 			}
 			seq = cur + 1
-			rec, err := build(seq)
+			first := seq
+			if firstMark != "" {
+				fk := groupKey(tagCounter, gid, []byte(firstMark))
+				f, err := counterIn(txn, fk)
+				if err != nil {
+					return err
+				}
+				if f != 0 {
+					first = f
+				} else if err := txn.Set(fk, u64(seq)); err != nil {
+					return err
+				}
+			}
+			rec, err := build(seq, first)
 			if err != nil {
 				return err
 			}

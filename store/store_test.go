@@ -121,7 +121,7 @@ func TestAppendOwnIsAtomic(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := 0; i < 50; i++ {
-				v, err := s.AppendOwn(g, "seq", []byte("me"), func(seq uint64) ([]byte, error) {
+				v, err := s.AppendOwn(g, "seq", "", []byte("me"), func(seq, _ uint64) ([]byte, error) {
 					return []byte(fmt.Sprint(seq)), nil
 				})
 				if err != nil {
@@ -149,7 +149,7 @@ func TestAppendOwnIsAtomic(t *testing.T) {
 		t.Fatalf("arrival log has %d entries", n)
 	}
 	// A failing build stores nothing and hands out nothing.
-	if _, err := s.AppendOwn(g, "seq", []byte("me"), func(uint64) ([]byte, error) { return nil, errors.New("no") }); err == nil {
+	if _, err := s.AppendOwn(g, "seq", "", []byte("me"), func(uint64, uint64) ([]byte, error) { return nil, errors.New("no") }); err == nil {
 		t.Fatal("a failing build was stored")
 	}
 	if v, _ := s.Counter(g, "seq"); v != 400 {
@@ -168,7 +168,7 @@ func TestPersistsAcrossReopenAndDeleteGroup(t *testing.T) {
 	if _, _, err := s.PutMessage(g, []byte("a"), 1, []byte("m")); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.AppendOwn(g, "seq", []byte("me"), func(uint64) ([]byte, error) { return []byte("own"), nil }); err != nil {
+	if _, err := s.AppendOwn(g, "seq", "", []byte("me"), func(uint64, uint64) ([]byte, error) { return []byte("own"), nil }); err != nil {
 		t.Fatal(err)
 	}
 	must(t, s.Close())

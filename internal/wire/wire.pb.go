@@ -848,14 +848,20 @@ func (x *KeyRequest) GetAttempt() uint32 {
 // Content, ad = "p2pchat/v1/msg" 0x00 group_id(32) key_id(32) len(sender)(1 byte)
 // sender seq(8 bytes, big endian)).
 type Envelope struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	GroupId       []byte                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
-	KeyId         []byte                 `protobuf:"bytes,2,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
-	Sender        []byte                 `protobuf:"bytes,3,opt,name=sender,proto3" json:"sender,omitempty"`                              // peer ID
-	Seq           uint64                 `protobuf:"varint,4,opt,name=seq,proto3" json:"seq,omitempty"`                                   // per sender per group, from 1, no gaps
-	RosterHeads   [][]byte               `protobuf:"bytes,5,rep,name=roster_heads,json=rosterHeads,proto3" json:"roster_heads,omitempty"` // the sender's roster heads when sending
-	Nonce         []byte                 `protobuf:"bytes,6,opt,name=nonce,proto3" json:"nonce,omitempty"`                                // 24 bytes
-	Ciphertext    []byte                 `protobuf:"bytes,7,opt,name=ciphertext,proto3" json:"ciphertext,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	GroupId     []byte                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	KeyId       []byte                 `protobuf:"bytes,2,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	Sender      []byte                 `protobuf:"bytes,3,opt,name=sender,proto3" json:"sender,omitempty"`                              // peer ID
+	Seq         uint64                 `protobuf:"varint,4,opt,name=seq,proto3" json:"seq,omitempty"`                                   // per sender per group, from 1, no gaps
+	RosterHeads [][]byte               `protobuf:"bytes,5,rep,name=roster_heads,json=rosterHeads,proto3" json:"roster_heads,omitempty"` // the sender's roster heads when sending
+	Nonce       []byte                 `protobuf:"bytes,6,opt,name=nonce,proto3" json:"nonce,omitempty"`                                // 24 bytes
+	Ciphertext  []byte                 `protobuf:"bytes,7,opt,name=ciphertext,proto3" json:"ciphertext,omitempty"`
+	// The sender's first sequence number under key_id (0: not stated). A
+	// member entitled to key_id expects every message of this sender from
+	// key_first_seq on, and none before it (they are under keys it may not
+	// hold), so it can show messages in order without waiting for ones it
+	// will never get.
+	KeyFirstSeq   uint64 `protobuf:"varint,8,opt,name=key_first_seq,json=keyFirstSeq,proto3" json:"key_first_seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -937,6 +943,13 @@ func (x *Envelope) GetCiphertext() []byte {
 		return x.Ciphertext
 	}
 	return nil
+}
+
+func (x *Envelope) GetKeyFirstSeq() uint64 {
+	if x != nil {
+		return x.KeyFirstSeq
+	}
+	return 0
 }
 
 // Content is the plaintext inside an Envelope.
@@ -1699,7 +1712,7 @@ const file_wire_proto_rawDesc = "" +
 	"\x05nonce\x18\x04 \x01(\fR\x05nonce\x12\x1c\n" +
 	"\n" +
 	"sent_at_ms\x18\x05 \x01(\x03R\bsentAtMs\x12\x18\n" +
-	"\aattempt\x18\x06 \x01(\rR\aattempt\"\xbf\x01\n" +
+	"\aattempt\x18\x06 \x01(\rR\aattempt\"\xe3\x01\n" +
 	"\bEnvelope\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\fR\agroupId\x12\x15\n" +
 	"\x06key_id\x18\x02 \x01(\fR\x05keyId\x12\x16\n" +
@@ -1709,7 +1722,8 @@ const file_wire_proto_rawDesc = "" +
 	"\x05nonce\x18\x06 \x01(\fR\x05nonce\x12\x1e\n" +
 	"\n" +
 	"ciphertext\x18\a \x01(\fR\n" +
-	"ciphertext\";\n" +
+	"ciphertext\x12\"\n" +
+	"\rkey_first_seq\x18\b \x01(\x04R\vkeyFirstSeq\";\n" +
 	"\aContent\x12\x12\n" +
 	"\x04text\x18\x01 \x01(\tR\x04text\x12\x1c\n" +
 	"\n" +
