@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/gologshim"
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/p2pchat/p2pchat/client"
@@ -44,6 +45,13 @@ func runDaemon(e *env, args []string) error {
 		return fmt.Errorf("%w: bad --log-level %q", errUsage, *logLevel)
 	}
 	log := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: level}))
+	// libp2p's own logs: off unless asked for with --log-level debug (their
+	// levels per subsystem then follow $GOLOG_LOG_LEVEL, default error).
+	if level <= slog.LevelDebug {
+		gologshim.SetDefaultHandler(log.Handler())
+	} else {
+		gologshim.SetDefaultHandler(slog.DiscardHandler)
+	}
 
 	for _, l := range listen {
 		if _, err := ma.NewMultiaddr(l); err != nil {
