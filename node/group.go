@@ -39,29 +39,32 @@ type Group struct {
 
 	ingestMu sync.Mutex // serializes storing and showing messages; taken before mu
 
-	mu               sync.Mutex
-	roster           *roster.Roster
-	ring             *keyring.Ring
-	left             bool
-	members          []peer.ID                   // last membership reported in an event
-	sendKey          keyring.ID                  // last sending key reported in an event
-	keyCh            chan struct{}               // closed and replaced when a key arrives
-	ingestQ          chan heldEnvelope           // envelopes from the topic, for ingestLoop
-	signedMeta       map[keyring.ID]*wire.Signed // our signature over key metadata, for transfers
-	waiting          map[keyring.ID][]msgRef     // messages waiting for a key
-	keyReqs          map[keyring.ID]*keyRequest  // outstanding requests for keys
-	order            map[peer.ID]*senderOrder    // per-sender delivery order
-	held             []heldEnvelope              // envelopes whose roster heads are unknown
-	reqBudget        map[peer.ID]*tokenBucket    // key requests accepted per requester
-	rotateAt         time.Time                   // designated rotation deadline; zero when none
-	fetching         map[peer.ID]bool            // roster fetches running, by peer
-	syncing          map[peer.ID]bool            // history syncs running, by peer
-	resyncAt         map[peer.ID]time.Time       // syncs due once the mesh settles
-	gapSenders       []peer.ID                   // senders with a gap to sync soon
-	nextPeriodicSync time.Time
-	stopped          bool
-	removals         []roster.OpID // effective removals, cached for the sending-key rule
-	removalsAt       int           // roster size the cache was computed at
+	mu                sync.Mutex
+	roster            *roster.Roster
+	ring              *keyring.Ring
+	left              bool
+	members           []peer.ID                   // last membership reported in an event
+	sendKey           keyring.ID                  // last sending key reported in an event
+	keyCh             chan struct{}               // closed and replaced when a key arrives
+	ingestQ           chan heldEnvelope           // envelopes from the topic, for ingestLoop
+	signedMeta        map[keyring.ID]*wire.Signed // our signature over key metadata, for transfers
+	waiting           map[keyring.ID][]msgRef     // messages waiting for a key
+	keyReqs           map[keyring.ID]*keyRequest  // outstanding requests for keys
+	order             map[peer.ID]*senderOrder    // per-sender delivery order
+	held              []heldEnvelope              // envelopes whose roster heads are unknown
+	reqBudget         map[peer.ID]*tokenBucket    // key requests accepted per requester
+	rotateAt          time.Time                   // designated rotation deadline; zero when none
+	fetching          map[peer.ID]bool            // roster fetches running, by peer
+	syncing           map[peer.ID]bool            // history syncs running, by peer
+	resyncAt          map[peer.ID]time.Time       // syncs due once the mesh settles
+	gapSenders        []peer.ID                   // senders with a gap to sync soon
+	nextPeriodicSync  time.Time
+	stopped           bool
+	sendKeyCache      *keyring.Key // sendingKeyLocked's answer...
+	sendKeyCacheAt    [2]int       // ...for this roster size and ring size
+	sendKeyCacheValid bool
+	removals          []roster.OpID // effective removals, cached for the sending-key rule
+	removalsAt        int           // roster size the cache was computed at
 }
 
 type msgRef struct {
@@ -216,6 +219,12 @@ const expectedKeyWait = 3 * time.Second
 // own add op promises one (derived from the adder's key): generating a key
 // instead would split the group's sending key for no reason.
 func (g *Group) awaitExpectedKey(ctx context.Context) {
+	g.mu.Lock()
+	waitNeeded := g.sendingKeyLocked() == nil && g.expectsDerivedKeyLocked()
+	g.mu.Unlock()
+	if !waitNeeded {
+		return
+	}
 	deadline := time.NewTimer(expectedKeyWait)
 	defer deadline.Stop()
 	for {
@@ -386,10 +395,10 @@ func (g *Group) height(heads []roster.OpID) (int, bool) {
 // removalsLocked returns the effective remove and leave ops of the current
 // roster, cached per roster size.
 func (g *Group) removalsLocked() []roster.OpID {
-	ops := g.roster.Ops()
-	if g.removalsAt == len(ops) && g.removals != nil {
+	if g.removalsAt == g.roster.Len() && g.removals != nil {
 		return g.removals
 	}
+	ops := g.roster.Ops()
 	g.removals = g.removals[:0]
 	for _, op := range ops {
 		if (op.Kind == roster.KindRemove || op.Kind == roster.KindLeave) && g.roster.Effective(op.ID) {
@@ -399,12 +408,20 @@ func (g *Group) removalsLocked() []roster.OpID {
 	if g.removals == nil {
 		g.removals = []roster.OpID{}
 	}
-	g.removalsAt = len(ops)
+	g.removalsAt = g.roster.Len()
 	return g.removals
 }
 
+// sendingKeyLocked returns the key to send with, cached until the roster
+// or the ring changes (both only grow, so their sizes identify a version).
 func (g *Group) sendingKeyLocked() *keyring.Key {
-	return g.ring.SendingKey(g.roster.State().MemberIDs(), g.height)
+	at := [2]int{g.roster.Len(), g.ring.Len()}
+	if g.sendKeyCacheValid && g.sendKeyCacheAt == at {
+		return g.sendKeyCache
+	}
+	g.sendKeyCache = g.ring.SendingKey(g.roster.State().MemberIDs(), g.height)
+	g.sendKeyCacheAt, g.sendKeyCacheValid = at, true
+	return g.sendKeyCache
 }
 
 func (g *Group) persistRecord() error {

@@ -288,8 +288,18 @@ func (g *Group) fetchRosterOps(ctx context.Context, from peer.ID) ([]*roster.Op,
 	if err != nil {
 		return nil, err
 	}
-	ops := make([]*roster.Op, 0, len(signed))
+	// Ops we already hold are skipped before their signatures are checked:
+	// a roster sync with every joining peer must not re-verify the DAG.
+	g.mu.Lock()
+	fresh := signed[:0]
 	for _, s := range signed {
+		if s != nil && !g.roster.Has(roster.IDOf(s.Body)) {
+			fresh = append(fresh, s)
+		}
+	}
+	g.mu.Unlock()
+	ops := make([]*roster.Op, 0, len(fresh))
+	for _, s := range fresh {
 		op, err := roster.Decode(s)
 		if err != nil {
 			return nil, err
