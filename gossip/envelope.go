@@ -64,9 +64,9 @@ func SealEnvelopeFrom(rand io.Reader, priv crypto.PrivKey, key *keyring.Key, seq
 		return nil, err
 	}
 	w := &wire.Envelope{
-		GroupId:    key.Meta.Group[:],
-		KeyId:      key.Meta.KeyID[:],
-		Sender:     []byte(sender),
+		GroupId:     key.Meta.Group[:],
+		KeyId:       key.Meta.KeyID[:],
+		Sender:      []byte(sender),
 		Seq:         seq,
 		Nonce:       nonce,
 		Ciphertext:  ct,
