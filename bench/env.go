@@ -11,7 +11,6 @@ import (
 
 	"github.com/libp2p/go-libp2p"
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
-	"github.com/libp2p/go-libp2p/core/control"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
@@ -20,6 +19,7 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/p2pchat/p2pchat/gossip"
+	"github.com/p2pchat/p2pchat/internal/gate"
 	"github.com/p2pchat/p2pchat/node"
 	"github.com/p2pchat/p2pchat/roster"
 )
@@ -99,34 +99,6 @@ func ed25519Key() crypto.PrivKey {
 	return k
 }
 
-// gater refuses connections to and from blocked peers (the self-heal
-// scenario's partition).
-type gater struct {
-	mu      sync.Mutex
-	blocked map[peer.ID]bool
-}
-
-func newGater() *gater { return &gater{blocked: make(map[peer.ID]bool)} }
-
-func (g *gater) block(p peer.ID) {
-	g.mu.Lock()
-	g.blocked[p] = true
-	g.mu.Unlock()
-}
-
-func (g *gater) allowed(p peer.ID) bool {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return !g.blocked[p]
-}
-func (g *gater) InterceptPeerDial(p peer.ID) bool                 { return g.allowed(p) }
-func (g *gater) InterceptAddrDial(p peer.ID, _ ma.Multiaddr) bool { return g.allowed(p) }
-func (g *gater) InterceptAccept(network.ConnMultiaddrs) bool      { return true }
-func (g *gater) InterceptSecured(_ network.Direction, p peer.ID, _ network.ConnMultiaddrs) bool {
-	return g.allowed(p)
-}
-func (g *gater) InterceptUpgraded(network.Conn) (bool, control.DisconnectReason) { return true, 0 }
-
 // ---------------------------------------------------------------------------
 // p2pchat nodes
 
@@ -135,7 +107,7 @@ func (g *gater) InterceptUpgraded(network.Conn) (bool, control.DisconnectReason)
 type pnode struct {
 	*node.Node
 	dir   string
-	gater *gater
+	gater *gate.Gater
 	sub   *node.Subscription
 	done  chan struct{}
 
@@ -198,9 +170,9 @@ func newLoopbackNodeH(dir string, params node.Params, withGater bool, handler fu
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	cfg := node.Config{Dir: dir, ListenAddrs: []string{loopback}, Params: params}
-	var g *gater
+	var g *gate.Gater
 	if withGater {
-		g = newGater()
+		g = gate.New()
 		cfg.HostOptions = []libp2p.Option{libp2p.ConnectionGater(g)}
 	}
 	n, err := node.New(ctx, cfg)

@@ -75,8 +75,8 @@ func measureSelfHeal(samples int) (heal []time.Duration, noRace int, err error) 
 	}
 	// Partition: n cannot reach a or spare, whichever side dials.
 	for _, x := range []*pnode{a, spare} {
-		x.gater.block(n.ID())
-		n.gater.block(x.ID())
+		x.gater.Block(n.ID())
+		n.gater.Block(x.ID())
 		_ = x.Host().Network().ClosePeer(n.ID())
 		_ = n.Host().Network().ClosePeer(x.ID())
 	}

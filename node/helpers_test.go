@@ -8,11 +8,9 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p"
-	"github.com/libp2p/go-libp2p/core/control"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
-	ma "github.com/multiformats/go-multiaddr"
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/host"
@@ -20,6 +18,7 @@ import (
 	"slices"
 
 	"github.com/p2pchat/p2pchat/gossip"
+	"github.com/p2pchat/p2pchat/internal/gate"
 	"github.com/p2pchat/p2pchat/internal/wire"
 	"github.com/p2pchat/p2pchat/keyring"
 	"github.com/p2pchat/p2pchat/roster"
@@ -39,7 +38,7 @@ type testNode struct {
 	t     testing.TB
 	rec   *recorder
 	dir   string
-	gater *testGater
+	gater *gate.Gater
 }
 
 func newTestNode(t testing.TB, dir string) *testNode {
@@ -56,7 +55,7 @@ func newTestNodeParams(t testing.TB, dir string, identity crypto.PrivKey, params
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	gater := &testGater{blocked: make(map[peer.ID]bool)}
+	gater := gate.New()
 	n, err := New(ctx, Config{
 		Dir: dir, Identity: identity, ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"}, Params: params,
 		HostOptions: []libp2p.Option{libp2p.ConnectionGater(gater)},
@@ -69,35 +68,12 @@ func newTestNodeParams(t testing.TB, dir string, identity crypto.PrivKey, params
 	return tn
 }
 
-// testGater refuses connections to and from blocked peers.
-type testGater struct {
-	mu      sync.Mutex
-	blocked map[peer.ID]bool
-}
-
-func (g *testGater) isBlocked(p peer.ID) bool {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.blocked[p]
-}
-func (g *testGater) InterceptPeerDial(p peer.ID) bool                 { return !g.isBlocked(p) }
-func (g *testGater) InterceptAddrDial(p peer.ID, _ ma.Multiaddr) bool { return !g.isBlocked(p) }
-func (g *testGater) InterceptAccept(network.ConnMultiaddrs) bool      { return true }
-func (g *testGater) InterceptSecured(_ network.Direction, p peer.ID, _ network.ConnMultiaddrs) bool {
-	return !g.isBlocked(p)
-}
-func (g *testGater) InterceptUpgraded(network.Conn) (bool, control.DisconnectReason) { return true, 0 }
-
 // partition cuts every connection between the two sides until heal.
 func partition(sideA, sideB []*testNode) {
 	for _, a := range sideA {
 		for _, b := range sideB {
-			a.gater.mu.Lock()
-			a.gater.blocked[b.ID()] = true
-			a.gater.mu.Unlock()
-			b.gater.mu.Lock()
-			b.gater.blocked[a.ID()] = true
-			b.gater.mu.Unlock()
+			a.gater.Block(b.ID())
+			b.gater.Block(a.ID())
 		}
 	}
 	for _, a := range sideA {
@@ -111,9 +87,7 @@ func partition(sideA, sideB []*testNode) {
 // heal lifts every block and reconnects all nodes.
 func heal(t testing.TB, nodes []*testNode) {
 	for _, n := range nodes {
-		n.gater.mu.Lock()
-		clear(n.gater.blocked)
-		n.gater.mu.Unlock()
+		n.gater.Clear()
 	}
 	connectAll(t, nodes)
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/p2pchat/p2pchat/internal/gate"
 	"github.com/p2pchat/p2pchat/keyring"
 	"github.com/p2pchat/p2pchat/node"
 	"github.com/p2pchat/p2pchat/roster"
@@ -45,7 +46,7 @@ const (
 type member struct {
 	name  string
 	node  *node.Node
-	gater *gater
+	gater *gate.Gater
 	rec   *recorder
 }
 
@@ -131,8 +132,8 @@ func (d *demo) stepStart() error {
 	// dave and alice, and dave and carol, refuse each other: dave reaches
 	// the group only through bob.
 	for _, o := range []*member{d.alice, d.carol} {
-		o.gater.block(d.dave.ID())
-		d.dave.gater.block(o.ID())
+		o.gater.Block(d.dave.ID())
+		d.dave.gater.Block(o.ID())
 	}
 	links := [][2]*member{{d.alice, d.bob}, {d.alice, d.carol}, {d.bob, d.carol}, {d.bob, d.dave}}
 	var linkNames []string
@@ -644,7 +645,7 @@ func (d *demo) stepSummary() error {
 func (d *demo) newMember(name string) (*member, error) {
 	octx, cancel := context.WithTimeout(d.ctx, waitTimeout)
 	defer cancel()
-	gt := newGater()
+	gt := gate.New()
 	n, err := node.New(octx, node.Config{
 		ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"},
 		HostOptions: []libp2p.Option{libp2p.ConnectionGater(gt)},
