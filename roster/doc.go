@@ -66,7 +66,7 @@
 //     live adds (those not an ancestor of another live add of X), and if
 //     those disagree the lower role (member) wins.
 //
-// Effectiveness is a fixpoint over a growing filter set F, starting empty:
+// Effectiveness is a fixpoint over a filter set F, starting empty:
 //
 //  1. Authority pass, in a topological order. With S = membersOf(effective
 //     ops in past(o)), op o ∉ F is effective iff
@@ -79,13 +79,17 @@
 //     Ops in F are not effective. Since o's verdict depends only on F and on
 //     the verdicts of past(o), every topological order gives the same result;
 //     the implementation uses local insertion order, which is one.
-//  2. Strong-removal pass: for every effective remove R (author A, target M),
-//     every op o authored by M with o ∥ R joins F, except a remove o (of Y)
+//  2. Strong-removal pass: compute F' from scratch: for every effective
+//     remove R (author A, target M), every op o authored by M with o ∥ R
+//     joins F', except a remove o (of Y)
 //     that lies on a removal cycle with R: A is reachable from Y (Y == A
 //     included) in the graph whose edges are the effective removes
 //     (author → target). Leave ops filter nothing.
-//  3. If F grew, repeat from 1; otherwise stop. F only grows, so this ends
-//     after at most |V| rounds, and the result is a function of V alone.
+//  3. If F' = F, stop. Otherwise F = F' and repeat from 1, for at most
+//     |V|+3 rounds. Should F never settle, the monotone variant decides:
+//     start again from F empty and in step 2 add to F instead of replacing
+//     it, until F stops growing (it only grows, so this ends). Either way
+//     the result is a function of V alone.
 //
 // The members are membersOf(all effective ops). Consequences: in a mutual
 // removal (A removes B ∥ B removes A) both are removed, likewise around a
@@ -93,9 +97,9 @@
 // have no effect; an add by an admin who is concurrently removed is
 // filtered, so the added member's own later ops have no effect either.
 //
-// Note that F never shrinks: if a remove R filters some ops in one round and
-// R itself is filtered in a later round, the ops R filtered stay filtered.
-// This keeps the procedure terminating and order independent.
+// Because F is recomputed, a remove that turns out void filters nothing: in
+// A removes B ∥ B removes C ∥ C removes D, B's removal of C is void (B was
+// removed concurrently), so C stays an admin and C's removal of D stands.
 //
 // State.Digest is SHA-256 over "p2pchat/v1/roster-state" 0x00, the group ID,
 // the sorted heads and the sorted (member, role) pairs, each list and each

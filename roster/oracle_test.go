@@ -1,6 +1,7 @@
 package roster
 
 import (
+	"maps"
 	"slices"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -123,9 +124,8 @@ func (o *oracle) membersOf(E []OpID) map[peer.ID]Role {
 }
 
 func (o *oracle) resolve() (eff map[OpID]bool, members map[peer.ID]Role) {
-	F := map[OpID]bool{}
-	for {
-		eff = map[OpID]bool{}
+	authority := func(F map[OpID]bool) map[OpID]bool {
+		eff := map[OpID]bool{}
 		for _, id := range o.order {
 			op := o.ops[id]
 			if F[id] {
@@ -151,6 +151,10 @@ func (o *oracle) resolve() (eff map[OpID]bool, members map[peer.ID]Role) {
 				eff[id] = in
 			}
 		}
+		return eff
+	}
+	// filterOf adds to F what the effective removes of eff filter.
+	filterOf := func(eff, F map[OpID]bool) bool {
 		edges := map[peer.ID][]peer.ID{}
 		for id := range eff {
 			if op := o.ops[id]; eff[id] && op.Kind == KindRemove {
@@ -192,8 +196,29 @@ func (o *oracle) resolve() (eff map[OpID]bool, members map[peer.ID]Role) {
 				grew = true
 			}
 		}
-		if !grew {
+		return grew
+	}
+	// Recompute F from the last round's effective removes until it settles;
+	// if it never does, the monotone variant (F only grows) decides.
+	F := map[OpID]bool{}
+	converged := false
+	for round := 0; round < len(o.order)+3; round++ {
+		eff = authority(F)
+		next := map[OpID]bool{}
+		filterOf(eff, next)
+		if maps.Equal(next, F) {
+			converged = true
 			break
+		}
+		F = next
+	}
+	if !converged {
+		F = map[OpID]bool{}
+		for {
+			eff = authority(F)
+			if !filterOf(eff, F) {
+				break
+			}
 		}
 	}
 	var all []OpID

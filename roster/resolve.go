@@ -100,10 +100,29 @@ func (r *Roster) resolve(univ bitset, heads []OpID, size int) *resolution {
 	in := func(i int) bool { return univ == nil || univ.has(i) }
 	filtered := make([]bool, n)
 	eff := make([]bool, n)
-	for {
+	// The filter set is recomputed from the effective removes of the last
+	// round until it no longer changes, so a removal that turns out void
+	// filters nothing (A removes B ∥ B removes C ∥ C removes D: B's removal
+	// is void, so C's removal of D stands). Should the rounds not settle,
+	// the monotone variant, where the filter set only grows, decides.
+	converged := false
+	for round := 0; round < n+3; round++ {
 		r.authorityPass(in, filtered, eff)
-		if !r.strongRemovalPass(in, filtered, eff) {
+		next := make([]bool, n)
+		r.strongRemovalPass(in, next, eff)
+		if slices.Equal(next, filtered) {
+			converged = true
 			break
+		}
+		filtered = next
+	}
+	if !converged {
+		clear(filtered)
+		for {
+			r.authorityPass(in, filtered, eff)
+			if !r.strongRemovalPass(in, filtered, eff) {
+				break
+			}
 		}
 	}
 
