@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -26,6 +25,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/p2pchat/p2pchat/gossip"
+	"github.com/p2pchat/p2pchat/internal/testkeys"
 	"github.com/p2pchat/p2pchat/internal/wire"
 	"github.com/p2pchat/p2pchat/keyring"
 	"github.com/p2pchat/p2pchat/roster"
@@ -33,24 +33,13 @@ import (
 
 // ---- fixtures ----
 
-func detRand(seed uint64) io.Reader {
-	var s [32]byte
-	binary.LittleEndian.PutUint64(s[:], seed)
-	copy(s[8:], "p2pchat gossip test")
-	return rand.NewChaCha8(s)
-}
+// detRand is this package's deterministic byte stream.
+func detRand(seed uint64) io.Reader { return testkeys.Reader("p2pchat gossip test", seed) }
 
+// testPeer returns a deterministic Ed25519 identity.
 func testPeer(t testing.TB, seed uint64) (crypto.PrivKey, peer.ID) {
 	t.Helper()
-	priv, _, err := crypto.GenerateEd25519Key(detRand(1000 + seed))
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, err := peer.IDFromPrivateKey(priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return priv, id
+	return testkeys.Peer(t, "p2pchat gossip test", seed)
 }
 
 func opID(s string) roster.OpID { return roster.OpID(sha256.Sum256([]byte("op:" + s))) }

@@ -19,31 +19,19 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/p2pchat/p2pchat/internal/testkeys"
 	"github.com/p2pchat/p2pchat/internal/wire"
 	"github.com/p2pchat/p2pchat/keyring"
 	"github.com/p2pchat/p2pchat/roster"
 )
 
-// detRand is a deterministic byte stream for reproducible keys and nonces.
-func detRand(seed uint64) io.Reader {
-	var s [32]byte
-	binary.LittleEndian.PutUint64(s[:], seed)
-	copy(s[8:], "p2pchat keyring test")
-	return rand.NewChaCha8(s)
-}
+// detRand is this package's deterministic byte stream.
+func detRand(seed uint64) io.Reader { return testkeys.Reader("p2pchat keyring test", seed) }
 
 // testPeer returns a deterministic Ed25519 identity.
 func testPeer(t testing.TB, seed uint64) (crypto.PrivKey, peer.ID) {
 	t.Helper()
-	priv, _, err := crypto.GenerateEd25519Key(detRand(1000 + seed))
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, err := peer.IDFromPrivateKey(priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return priv, id
+	return testkeys.Peer(t, "p2pchat keyring test", seed)
 }
 
 // testPeers returns n distinct deterministic peer IDs, sorted.

@@ -2,10 +2,8 @@ package wire_test
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"io"
-	"math/rand/v2"
 	"slices"
 	"strings"
 	"testing"
@@ -14,15 +12,12 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/p2pchat/p2pchat/internal/testkeys"
 	"github.com/p2pchat/p2pchat/internal/wire"
 )
 
-func detRand(seed uint64) io.Reader {
-	var s [32]byte
-	binary.LittleEndian.PutUint64(s[:], seed)
-	copy(s[8:], "p2pchat wire test")
-	return rand.NewChaCha8(s)
-}
+// detRand is this package's deterministic byte stream.
+func detRand(seed uint64) io.Reader { return testkeys.Reader("p2pchat wire test", seed) }
 
 func testKey(t *testing.T, seed uint64) (crypto.PrivKey, peer.ID) {
 	t.Helper()
