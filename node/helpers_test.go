@@ -211,15 +211,24 @@ func formGroup(t testing.TB, nodes []*testNode) roster.GroupID {
 		t.Fatalf("create group: %v", err)
 	}
 	for _, m := range nodes[1:] {
-		if err := g.Add(ctx, m.ID(), roster.RoleMember); err != nil {
-			t.Fatalf("add: %v", err)
-		}
-		if _, err := m.JoinGroup(ctx, g.ID(), addrInfo(nodes[0].Node)); err != nil {
-			t.Fatalf("join: %v", err)
-		}
+		addAndJoin(t, nodes[0], m, g.ID(), nodes[0])
 	}
 	waitMesh(t, nodes, g.ID())
 	return g.ID()
+}
+
+// addAndJoin has admin add newcomer as a member, then newcomer join
+// through via.
+func addAndJoin(t testing.TB, admin, newcomer *testNode, gid roster.GroupID, via *testNode) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := admin.mustGroup(gid).Add(ctx, newcomer.ID(), roster.RoleMember); err != nil {
+		t.Fatalf("add: %v", err)
+	}
+	if _, err := newcomer.JoinGroup(ctx, gid, addrInfo(via.Node)); err != nil {
+		t.Fatalf("join: %v", err)
+	}
 }
 
 // waitMesh waits until every node is subscribed and sees every other node on

@@ -11,7 +11,6 @@ import (
 
 	"github.com/p2pchat/p2pchat/gossip"
 	"github.com/p2pchat/p2pchat/internal/wire"
-	"github.com/p2pchat/p2pchat/roster"
 )
 
 // TestBurstNoLoss: one member sends 1000 messages as fast as it can; every
@@ -92,12 +91,7 @@ func TestHistoryNotServedBeforeJoin(t *testing.T) {
 	connectAll(t, []*testNode{a, b, n})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if err := a.mustGroup(gid).Add(ctx, n.ID(), roster.RoleMember); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := n.JoinGroup(ctx, gid, addrInfo(a.Node)); err != nil {
-		t.Fatal(err)
-	}
+	addAndJoin(t, a, n, gid, a)
 	waitMesh(t, []*testNode{a, b, n}, gid)
 	late := []*Message{a.send(gid, "late a"), b.send(gid, "late b")}
 	eventually(t, 10*time.Second, "n reads what was sent after it joined", func() bool {

@@ -354,14 +354,7 @@ func TestNewMemberCannotReadEarlierMessages(t *testing.T) {
 
 	n := newTestNode(t, "")
 	connectAll(t, []*testNode{a, b, n})
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if err := a.mustGroup(gid).Add(ctx, n.ID(), roster.RoleMember); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := n.JoinGroup(ctx, gid, addrInfo(a.Node)); err != nil {
-		t.Fatal(err)
-	}
+	addAndJoin(t, a, n, gid, a)
 	waitMesh(t, []*testNode{a, b, n}, gid)
 
 	// Hand n the early envelopes, as a sync or a replaying peer would.
@@ -434,14 +427,7 @@ func TestHeldUntilRosterArrives(t *testing.T) {
 	connectAll(t, []*testNode{a, n})
 	// b must not hear of n's add by gossip: cut it off from a for now.
 	partition([]*testNode{b}, []*testNode{a, n})
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if err := a.mustGroup(gid).Add(ctx, n.ID(), roster.RoleMember); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := n.JoinGroup(ctx, gid, addrInfo(a.Node)); err != nil {
-		t.Fatal(err)
-	}
+	addAndJoin(t, a, n, gid, a)
 	eventually(t, 10*time.Second, "n holds its epoch key", func() bool { return !n.mustGroup(gid).SendingKeyID().IsZero() })
 	m := n.send(gid, "hello from the new member")
 	env, err := n.mustGroup(gid).storedEnvelope(n.ID(), m.Seq)
