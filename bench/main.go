@@ -99,6 +99,7 @@ func main() {
 	memProfile := flag.String("memprofile", "", "write a heap profile to this file: in the memory scenario, while the p2pchat nodes and groups are up; otherwise at the end")
 	timeout := flag.Duration("timeout", 15*time.Minute, "abort (printing what was measured) after this long")
 	rotSizes := flag.String("rotation-sizes", "", "override the mocknet rotation group sizes, e.g. 100,200")
+	nodeCounts := flag.String("nodes", "", "override the delivery node counts, e.g. 10 (skips the on-disk variant)")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "bench: unexpected argument %q\n", flag.Arg(0))
@@ -125,12 +126,24 @@ func main() {
 		}
 	}
 
+	if *nodeCounts != "" {
+		cfg.nodeCounts, cfg.diskVariant = nil, false
+		for _, f := range strings.Split(*nodeCounts, ",") {
+			v, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || v < 2 {
+				fmt.Fprintf(os.Stderr, "bench: bad -nodes %q\n", *nodeCounts)
+				os.Exit(2)
+			}
+			cfg.nodeCounts = append(cfg.nodeCounts, v)
+		}
+	}
+
 	selected, err := selectScenarios(*only)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(2)
 	}
-	cfg.full = !*quick && len(selected) == len(scenarios) && *rotSizes == ""
+	cfg.full = !*quick && len(selected) == len(scenarios) && *rotSizes == "" && *nodeCounts == ""
 
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)

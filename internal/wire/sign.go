@@ -55,7 +55,7 @@ func Sign(priv crypto.PrivKey, kind Kind, body proto.Message) (*Signed, error) {
 	if err != nil {
 		return nil, err
 	}
-	sig, err := priv.Sign(in)
+	sig, err := signEd25519(priv, in)
 	if err != nil {
 		return nil, fmt.Errorf("sign: %w", err)
 	}
@@ -87,8 +87,7 @@ func Verify(s *Signed, kind Kind, into proto.Message) (peer.ID, error) {
 	if err != nil {
 		return "", err
 	}
-	ok, err := pub.Verify(in, s.Signature)
-	if err != nil || !ok {
+	if !verifyEd25519(signer, pub, in, s.Signature) {
 		return "", ErrBadSignature
 	}
 	if err := proto.Unmarshal(s.Body, into); err != nil {
