@@ -80,7 +80,7 @@ func writeDocsFiles(cfg *config, rows []row, plots *plotData, total time.Duratio
 	b.WriteString("go run ./bench                      # every scenario; prints the table (under 10 minutes on 2 cores)\n")
 	b.WriteString("go run ./bench --write-docs         # ...and rewrites this file and docs/bench/*.svg\n")
 	b.WriteString("go run ./bench -quick               # smoke run (smaller sizes, fewer samples)\n")
-	b.WriteString("go run ./bench -only rotation       # a subset: daemon, memory, delivery, rotation, selfheal, catchup\n")
+	b.WriteString("go run ./bench -only rotation       # a subset: daemon, memory, delivery, rotation, selfheal, catchup, micro\n")
 	b.WriteString("go run ./bench -only delivery -cpuprofile cpu.out && go tool pprof -top cpu.out\n")
 	b.WriteString("```\n\n")
 
@@ -173,7 +173,7 @@ time includes that one `+"`id`"+` process). After 5 s idle, VmRSS from /proc/PID
 Restart = the same on the now-existing home. %d runs.
 `, joinInts(cfg.nodeCounts), cfg.warmup, cfg.pacedMsgs, interval, cfg.pacedRate, cfg.burstMsgs, cfg.burstDeadline, cfg.nodeCounts[0],
 		joinInts(cfg.rotationSizes), cfg.rotationExtra, 1+2*cfg.rotationExtra, joinInts(cfg.rotationLoopback),
-		cfg.selfHealSamples, cfg.catchupMsgs, cfg.catchupRuns, cfg.memNodes, cfg.memGroups, cfg.memGroups, cfg.daemonRuns)
+		cfg.selfHealSamples, cfg.catchupMsgs, cfg.catchupRuns, cfg.memNodes, cfg.memGroups, cfg.memGroups, cfg.daemonRuns) + microMethodology(cfg)
 }
 
 // joinInts writes 10, 50 and 100.

@@ -89,6 +89,7 @@ var scenarios = []scenario{
 	{"rotation", nil, runRotation},
 	{"selfheal", []string{"self-heal", "heal"}, runSelfHeal},
 	{"catchup", []string{"catch-up"}, runCatchUp},
+	{"micro", []string{"per-message", "permessage"}, runMicro},
 }
 
 func main() {

@@ -93,9 +93,47 @@ func OpenEnvelope(s *wire.Signed) (*Envelope, error) {
 	if err != nil {
 		return nil, err
 	}
+	return envelopeFrom(signer, s, &w)
+}
+
+// OpenEnvelopeBatch verifies a batch's signatures together and decodes its
+// envelopes: 2 to MaxBatchEnvelopes of them, one sender, one group, in
+// increasing sequence order. Any bad envelope fails the whole batch.
+func OpenEnvelopeBatch(b *wire.EnvelopeBatch) ([]*Envelope, error) {
+	if b == nil || len(b.Envelopes) < 2 || len(b.Envelopes) > MaxBatchEnvelopes {
+		return nil, fmt.Errorf("%w: batch of %d envelopes", ErrMalformed, len(b.GetEnvelopes()))
+	}
+	for _, s := range b.Envelopes {
+		if s != nil && len(s.Body) > MaxEnvelopeBody {
+			return nil, fmt.Errorf("%w: envelope of %d bytes", ErrTooLarge, len(s.Body))
+		}
+	}
+	ws := make([]wire.Envelope, len(b.Envelopes))
+	signer, err := wire.VerifyBatch(b.Envelopes, wire.Kind_KIND_ENVELOPE, func(i int) proto.Message { return &ws[i] })
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*Envelope, len(ws))
+	for i := range ws {
+		e, err := envelopeFrom(signer, b.Envelopes[i], &ws[i])
+		if err != nil {
+			return nil, err
+		}
+		if i > 0 && (e.Group != out[0].Group || e.Seq <= out[i-1].Seq) {
+			return nil, fmt.Errorf("%w: batch mixes groups or is out of sequence order", ErrMalformed)
+		}
+		out[i] = e
+	}
+	return out, nil
+}
+
+// envelopeFrom checks and converts an envelope whose signature by signer
+// has been verified.
+func envelopeFrom(signer peer.ID, s *wire.Signed, w *wire.Envelope) (*Envelope, error) {
 	if string(w.Sender) != string(signer) {
 		return nil, fmt.Errorf("%w: envelope sender is not its signer", ErrMalformed)
 	}
+	var err error
 	e := &Envelope{Sender: signer, Seq: w.Seq, KeyFirstSeq: w.KeyFirstSeq, Nonce: w.Nonce, Ciphertext: w.Ciphertext, Signed: s}
 	if e.Group, err = roster.ParseOpID(w.GroupId); err != nil {
 		return nil, fmt.Errorf("%w: group id", ErrMalformed)

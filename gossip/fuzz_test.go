@@ -23,6 +23,7 @@ func FuzzDecodeInbound(f *testing.F) {
 		{Payload: &wire.TopicMessage_Envelope{Envelope: fx.seal(f, 1, "seed").Signed}},
 		{Payload: &wire.TopicMessage_RosterOp{RosterOp: fx.create.Signed}},
 		{Payload: &wire.TopicMessage_KeyRequest{KeyRequest: req.Signed}},
+		batchMessage(fx.seal(f, 2, "one"), fx.seal(f, 3, "two")),
 	} {
 		f.Add(encodeTopic(f, m))
 	}
@@ -48,6 +49,17 @@ func FuzzDecodeInbound(f *testing.F) {
 			}
 			if _, err := wire.ParsePeerID([]byte(e.Sender)); err != nil {
 				t.Fatalf("accepted an envelope whose sender does not parse: %v", err)
+			}
+		}
+		if len(in.Envelopes) > 0 {
+			set++
+			if len(in.Envelopes) < 2 || len(in.Envelopes) > gossip.MaxBatchEnvelopes {
+				t.Fatalf("accepted a batch of %d", len(in.Envelopes))
+			}
+			for i, e := range in.Envelopes {
+				if e.Sender != in.Envelopes[0].Sender || e.Group != in.Envelopes[0].Group || (i > 0 && e.Seq <= in.Envelopes[i-1].Seq) {
+					t.Fatalf("accepted a batch that mixes senders or groups or is out of order")
+				}
 			}
 		}
 		if in.Op != nil {

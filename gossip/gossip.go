@@ -58,6 +58,8 @@ const (
 	SyncBatchEnvelopes = 2048
 	// MaxRosterHeads bounds the heads an envelope may name.
 	MaxRosterHeads = 64
+	// MaxBatchEnvelopes bounds the envelopes one topic message carries.
+	MaxBatchEnvelopes = 64
 )
 
 var (

@@ -8,6 +8,7 @@ import (
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	pb "github.com/libp2p/go-libp2p-pubsub/pb"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/p2pchat/p2pchat/internal/wire"
 	"github.com/p2pchat/p2pchat/roster"
@@ -18,6 +19,7 @@ import (
 // each message is decoded and verified once.
 type Inbound struct {
 	Envelope   *Envelope
+	Envelopes  []*Envelope // an envelope batch: one sender, in sequence order
 	Op         *roster.Op
 	KeyRequest *KeyRequest
 }
@@ -88,6 +90,8 @@ func DecodeInbound(data []byte) (*Inbound, error) {
 	switch p := m.Payload.(type) {
 	case *wire.TopicMessage_Envelope:
 		in.Envelope, err = OpenEnvelope(p.Envelope)
+	case *wire.TopicMessage_EnvelopeBatch:
+		in.Envelopes, err = OpenEnvelopeBatch(p.EnvelopeBatch)
 	case *wire.TopicMessage_RosterOp:
 		in.Op, err = roster.Decode(p.RosterOp)
 	case *wire.TopicMessage_KeyRequest:
@@ -131,6 +135,42 @@ func (t *Topic) Next(ctx context.Context, self peer.ID) (*Inbound, peer.ID, erro
 		}
 		return in, m.ReceivedFrom, nil
 	}
+}
+
+// batchOverhead is room left in a topic message for the batch framing:
+// a few bytes per envelope, generously rounded.
+const batchOverhead = 1 << 10
+
+// PackEnvelopes groups a sender's signed envelopes, in order, into as few
+// topic messages as fit: at most maxPer envelopes (and MaxBatchEnvelopes)
+// and MaxTopicMessageSize bytes each. A group of one is sent as a plain
+// envelope, so a sender that is not bursting sends what it always did.
+func PackEnvelopes(envs []*wire.Signed, maxPer int) []*wire.TopicMessage {
+	maxPer = max(1, min(maxPer, MaxBatchEnvelopes))
+	var out []*wire.TopicMessage
+	flush := func(group []*wire.Signed) {
+		switch len(group) {
+		case 0:
+		case 1:
+			out = append(out, &wire.TopicMessage{Payload: &wire.TopicMessage_Envelope{Envelope: group[0]}})
+		default:
+			out = append(out, &wire.TopicMessage{Payload: &wire.TopicMessage_EnvelopeBatch{
+				EnvelopeBatch: &wire.EnvelopeBatch{Envelopes: group}}})
+		}
+	}
+	var group []*wire.Signed
+	size := 0
+	for _, e := range envs {
+		n := proto.Size(e) + 8
+		if len(group) > 0 && (len(group) == maxPer || size+n > MaxTopicMessageSize-batchOverhead) {
+			flush(group)
+			group, size = nil, 0
+		}
+		group = append(group, e)
+		size += n
+	}
+	flush(group)
+	return out
 }
 
 // Peers lists the peers known to be subscribed to the topic.

@@ -2,11 +2,19 @@ package node
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+
+	"github.com/p2pchat/p2pchat/gossip"
+	"github.com/p2pchat/p2pchat/internal/testkeys"
+	"github.com/p2pchat/p2pchat/internal/wire"
+	"github.com/p2pchat/p2pchat/keyring"
 	"github.com/p2pchat/p2pchat/roster"
 )
 
@@ -177,4 +185,77 @@ func BenchmarkCatchUp(b *testing.B) {
 	}
 	slices.Sort(took)
 	b.ReportMetric(float64(took[len(took)/2].Milliseconds()), "ms/catch-up")
+}
+
+// BenchmarkPerMessageValidator is the full topic validator on a real node,
+// per message from another member: exactly what gossip.JoinTopic's
+// validator runs for a message it did not publish itself, that is
+// gossip.DecodeInbound (decode the topic message, verify the signature,
+// decode the envelope) then the group's policy (membership, the store
+// lookup of the replay check). Every iteration must be accepted: the
+// envelopes have distinct sequence numbers none of which is stored (the
+// validator only reads; the reader loop stores), so the replay check
+// always misses as it does for a new message.
+//
+//	go test -run '^$' -bench BenchmarkPerMessageValidator -benchtime 2000x ./node
+func BenchmarkPerMessageValidator(b *testing.B) {
+	memberKey, _ := testkeys.Peer(b, "p2pchat node bench", 1)
+	a := newTestNode(b, "")
+	m := newTestNodeWith(b, "", memberKey)
+	connectAll(b, []*testNode{a, m})
+	gid := formGroup(b, []*testNode{a, m})
+	// A first message makes the member's sending key; once a shows it, a
+	// is in its steady state (the member's key expanded and cached).
+	first := m.send(gid, "warm-up")
+	eventually(b, 10*time.Second, "a shows the warm-up message", func() bool {
+		return a.rec.readable(gid)[first.ID()] == first.Text
+	})
+	var key *keyring.Key
+	for _, k := range m.keys(gid) {
+		if k.ID() == first.KeyID {
+			key = k
+		}
+	}
+	if key == nil {
+		b.Fatal("the member does not hold its sending key")
+	}
+	ag := a.mustGroup(gid)
+	heads := ag.State().Heads
+
+	// pool distinct envelopes per size, used round-robin: enough that the
+	// loop does not just re-read one cached record.
+	const pool = 512
+	for _, sz := range []struct {
+		name string
+		size int
+	}{{"256B", 256}, {"4KiB", 4 << 10}} {
+		b.Run(sz.name, func(b *testing.B) {
+			text := strings.Repeat("m", sz.size)
+			msgs := make([][]byte, pool)
+			for i := range msgs {
+				seq := uint64(1_000_000 + sz.size*pool + i) // far from anything m sent
+				e, err := gossip.SealEnvelopeFrom(rand.Reader, memberKey, key, seq, first.Seq, heads, &wire.Content{Text: text, SentAtMs: time.Now().UnixMilli()})
+				if err != nil {
+					b.Fatal(err)
+				}
+				if msgs[i], err = gossip.EncodeTopicMessage(&wire.TopicMessage{Payload: &wire.TopicMessage_Envelope{Envelope: e.Signed}}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			from := m.ID()
+			b.SetBytes(int64(sz.size))
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				in, err := gossip.DecodeInbound(msgs[i%pool])
+				if err != nil {
+					b.Fatalf("DecodeInbound: %v", err)
+				}
+				if res := ag.policy(from, in); res != pubsub.ValidationAccept {
+					b.Fatalf("validator returned %v, want accept", res)
+				}
+				i++
+			}
+		})
+	}
 }

@@ -147,6 +147,17 @@ func (s *Subscription) Close() {
 
 func (s *Subscription) push(e Event) {
 	s.mu.Lock()
+	if !s.closed && len(s.queue) == 0 {
+		// Nothing queued (so nothing in flight in pump): hand the event
+		// over directly when the channel has room, saving pump a wake-up
+		// per event. Close marks closed before pump can close s.c.
+		select {
+		case s.c <- e:
+			s.mu.Unlock()
+			return
+		default:
+		}
+	}
 	if !s.closed {
 		if len(s.queue) >= maxQueuedEvents {
 			s.queue = s.queue[1:]
@@ -250,10 +261,13 @@ type Stats struct {
 	KeyRequestsSent      uint64 // key requests published
 	KeysGenerated        uint64 // rotations: fresh random keys
 	EnvelopesSynced      uint64 // envelopes stored from history sync
+	EnvelopesPublished   uint64 // our envelopes published on group topics
+	TopicMessagesSent    uint64 // topic messages that carried them (fewer when batched)
 }
 
 type stats struct {
 	keyTransfersSent, keyTransfersAccepted, keyRequestsSent, keysGenerated, envelopesSynced atomic.Uint64
+	envelopesPublished, topicMessagesSent                                                   atomic.Uint64
 }
 
 // Stats returns the node's counters.
@@ -264,5 +278,7 @@ func (n *Node) Stats() Stats {
 		KeyRequestsSent:      n.stats.keyRequestsSent.Load(),
 		KeysGenerated:        n.stats.keysGenerated.Load(),
 		EnvelopesSynced:      n.stats.envelopesSynced.Load(),
+		EnvelopesPublished:   n.stats.envelopesPublished.Load(),
+		TopicMessagesSent:    n.stats.topicMessagesSent.Load(),
 	}
 }

@@ -39,6 +39,12 @@ type Group struct {
 
 	ingestMu sync.Mutex // serializes storing and showing messages; taken before mu
 
+	// Our envelopes, stored, waiting for publishLoop; appended under mu so
+	// they leave in sequence order.
+	outMu   sync.Mutex
+	outQ    []*wire.Signed
+	outWake chan struct{}
+
 	mu                sync.Mutex
 	roster            *roster.Roster
 	ring              *keyring.Ring
@@ -79,6 +85,7 @@ func (n *Node) startGroup(r *roster.Roster, left, isNew bool) (*Group, error) {
 		n:          n,
 		id:         r.ID(),
 		wake:       make(chan struct{}, 1),
+		outWake:    make(chan struct{}, 1),
 		roster:     r,
 		ring:       keyring.NewRing(r.ID()),
 		left:       left,
@@ -135,9 +142,10 @@ func (n *Node) startGroup(r *roster.Roster, left, isNew bool) (*Group, error) {
 		}
 		var tctx context.Context
 		tctx, g.topicCancel = context.WithCancel(g.ctx)
-		g.topicWG.Add(3)
+		g.topicWG.Add(4)
 		go g.readLoop(tctx, g.topic)
 		go g.ingestLoop(tctx)
+		go g.publishLoop(tctx, g.topic)
 		go g.peerLoop(tctx, peerEvents)
 		g.wg.Add(2)
 		go g.timerLoop()
@@ -530,7 +538,9 @@ func (g *Group) Send(ctx context.Context, text string) (*Message, error) {
 	msg := &Message{Group: g.id, Sender: g.n.self, Seq: seq, KeyID: key.ID(), Status: StatusOK,
 		Text: text, SentAt: time.UnixMilli(now.UnixMilli()), ReceivedAt: now}
 	g.noteDeliveredLocked(g.n.self, seq)
-	t := g.topic
+	if g.topic != nil {
+		g.enqueuePublish(env.Signed)
+	}
 	g.mu.Unlock()
 
 	if rotated != nil {
@@ -538,13 +548,99 @@ func (g *Group) Send(ctx context.Context, text string) (*Message, error) {
 		g.distribute(rotated, nil)
 	}
 	g.n.events.publish(Event{Kind: EventMessage, Group: g.id, Message: msg})
-	if t != nil {
-		if err := t.Publish(ctx, &wire.TopicMessage{Payload: &wire.TopicMessage_Envelope{Envelope: env.Signed}}); err != nil {
-			// The message is stored; history sync delivers it later.
-			g.n.log.Warn("publish failed", "group", g.id.ShortString(), "seq", seq, "err", err)
+	return msg, nil
+}
+
+// maxOutbox bounds the envelopes waiting to be published. They are stored
+// already, so dropping the oldest (when the topic cannot keep up) loses
+// nothing: history sync delivers them.
+const maxOutbox = 4096
+
+// enqueuePublish hands a stored envelope to publishLoop.
+func (g *Group) enqueuePublish(s *wire.Signed) {
+	g.outMu.Lock()
+	if len(g.outQ) >= maxOutbox {
+		g.outQ = g.outQ[1:]
+		g.n.log.Debug("outbox full: oldest envelope left to history sync", "group", g.id.ShortString())
+	}
+	g.outQ = append(g.outQ, s)
+	g.outMu.Unlock()
+	select {
+	case g.outWake <- struct{}{}:
+	default:
+	}
+}
+
+func (g *Group) takeOutbox() []*wire.Signed {
+	g.outMu.Lock()
+	defer g.outMu.Unlock()
+	q := g.outQ
+	g.outQ = nil
+	return q
+}
+
+// publishLoop publishes our envelopes in sequence order. A send after a
+// quiet spell leaves at once; sends that follow within PublishInterval wait
+// for it and leave together, up to PublishBatch per topic message, which is
+// what makes a burst cheap for GossipSub and for every receiver. On stop it
+// publishes what is left, briefly: what it cannot, history sync delivers.
+func (g *Group) publishLoop(ctx context.Context, t *gossip.Topic) {
+	defer g.topicWG.Done()
+	publish := func(ctx context.Context) {
+		for {
+			envs := g.takeOutbox()
+			if len(envs) == 0 {
+				return
+			}
+			for _, m := range gossip.PackEnvelopes(envs, g.n.params.PublishBatch) {
+				if err := t.Publish(ctx, m); err != nil {
+					g.n.log.Warn("publish failed", "group", g.id.ShortString(), "err", err)
+					if ctx.Err() != nil {
+						return
+					}
+					continue
+				}
+				n := uint64(1)
+				if b := m.GetEnvelopeBatch(); b != nil {
+					n = uint64(len(b.Envelopes))
+				}
+				g.n.stats.topicMessagesSent.Add(1)
+				g.n.stats.envelopesPublished.Add(n)
+			}
 		}
 	}
-	return msg, nil
+	flush := func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		publish(ctx)
+	}
+	linger := g.n.params.PublishInterval
+	if g.n.params.PublishBatch <= 1 {
+		linger = 0
+	}
+	var last time.Time
+	timer := time.NewTimer(0)
+	<-timer.C
+	defer timer.Stop()
+	for {
+		select {
+		case <-g.outWake:
+		case <-ctx.Done():
+			flush()
+			return
+		}
+		if wait := linger - time.Since(last); wait > 0 {
+			timer.Reset(wait)
+			select {
+			case <-timer.C:
+			case <-ctx.Done():
+				flush()
+				return
+			}
+		}
+		publish(ctx)
+		last = time.Now()
+	}
 }
 
 // History returns every stored message in arrival order, decrypted where

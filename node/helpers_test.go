@@ -351,11 +351,14 @@ func (s *spy) listen(gid roster.GroupID) {
 				return
 			}
 			in, err := gossip.DecodeInbound(m.Data)
-			if err != nil || in.Envelope == nil {
+			if err != nil {
 				continue
 			}
 			s.mu.Lock()
-			s.envelopes = append(s.envelopes, in.Envelope)
+			if in.Envelope != nil {
+				s.envelopes = append(s.envelopes, in.Envelope)
+			}
+			s.envelopes = append(s.envelopes, in.Envelopes...) // a sender's batch
 			s.mu.Unlock()
 		}
 	}()

@@ -53,6 +53,11 @@ func (g *Group) policy(from peer.ID, in *gossip.Inbound) pubsub.ValidationResult
 			return pubsub.ValidationAccept
 		}
 		return g.judgeEnvelope(from, in.Envelope)
+	case len(in.Envelopes) > 0:
+		if self {
+			return pubsub.ValidationAccept
+		}
+		return g.judgeBatch(from, in.Envelopes)
 	case in.Op != nil:
 		if in.Op.Group != g.id {
 			return pubsub.ValidationReject
@@ -127,6 +132,22 @@ func (g *Group) judgeEnvelope(from peer.ID, e *gossip.Envelope) pubsub.Validatio
 	return g.judgeReplay(e)
 }
 
+// judgeBatch judges a sender's envelope batch as a whole: one refused
+// envelope refuses the batch (an honest sender never makes one), envelopes
+// already held are skipped by ingest, and the batch passes if any is new.
+func (g *Group) judgeBatch(from peer.ID, envs []*gossip.Envelope) pubsub.ValidationResult {
+	res := pubsub.ValidationIgnore
+	for _, e := range envs {
+		switch g.judgeEnvelope(from, e) {
+		case pubsub.ValidationReject:
+			return pubsub.ValidationReject
+		case pubsub.ValidationAccept:
+			res = pubsub.ValidationAccept
+		}
+	}
+	return res
+}
+
 // judgeReplay refuses a second, different envelope for a taken slot
 // (equivocation or replay under another nonce) and ignores exact duplicates.
 func (g *Group) judgeReplay(e *gossip.Envelope) pubsub.ValidationResult {
@@ -175,11 +196,17 @@ func (g *Group) readLoop(ctx context.Context, t *gossip.Topic) {
 			return
 		}
 		switch {
-		case in.Envelope != nil:
-			select {
-			case g.ingestQ <- heldEnvelope{from: from, env: in.Envelope}:
-			case <-ctx.Done():
-				return
+		case in.Envelope != nil || len(in.Envelopes) > 0:
+			envs := in.Envelopes
+			if in.Envelope != nil {
+				envs = []*gossip.Envelope{in.Envelope}
+			}
+			for _, e := range envs {
+				select {
+				case g.ingestQ <- heldEnvelope{from: from, env: e}:
+				case <-ctx.Done():
+					return
+				}
 			}
 		case in.Op != nil:
 			g.onOps(from, []*roster.Op{in.Op})

@@ -103,6 +103,20 @@ type Params struct {
 	MeshSettle time.Duration
 	// SyncInterval is how often the node syncs history with a random member.
 	SyncInterval time.Duration
+	// PublishBatch is the most envelopes one topic message carries. Sends
+	// queued behind a publish in progress go out together (up to this many
+	// and gossip.MaxTopicMessageSize), so a burst costs GossipSub and the
+	// receivers' signature checks once per batch rather than per message; a
+	// send that finds nothing queued goes alone, at once. 1 sends every
+	// envelope alone.
+	PublishBatch int
+	// PublishInterval is the least time between two of our topic messages on
+	// a group while sends keep coming: a send that finds the previous
+	// message younger than this waits for it, with whatever else queues up
+	// meanwhile. A send after a quiet interval leaves at once, so
+	// conversation is not delayed; a burst leaves in batches. Ignored when
+	// PublishBatch is 1.
+	PublishInterval time.Duration
 }
 
 // DefaultParams returns the defaults.
@@ -114,6 +128,8 @@ func DefaultParams() Params {
 		ReorderWindow:        500 * time.Millisecond,
 		MeshSettle:           2 * time.Second,
 		SyncInterval:         30 * time.Second,
+		PublishBatch:         gossip.MaxBatchEnvelopes,
+		PublishInterval:      2 * time.Millisecond,
 	}
 }
 
@@ -136,6 +152,12 @@ func (p Params) withDefaults() Params {
 	}
 	if p.SyncInterval <= 0 {
 		p.SyncInterval = d.SyncInterval
+	}
+	if p.PublishBatch <= 0 {
+		p.PublishBatch = d.PublishBatch
+	}
+	if p.PublishInterval <= 0 {
+		p.PublishInterval = d.PublishInterval
 	}
 	return p
 }

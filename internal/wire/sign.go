@@ -1,6 +1,7 @@
 package wire
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 
@@ -70,14 +71,8 @@ func Sign(priv crypto.PrivKey, kind Kind, body proto.Message) (*Signed, error) {
 // under the Ed25519 key embedded in s.Signer. Only then does it decode the
 // body into into. It returns the authenticated signer.
 func Verify(s *Signed, kind Kind, into proto.Message) (peer.ID, error) {
-	if s == nil {
-		return "", fmt.Errorf("%w: missing signed message", ErrMalformed)
-	}
-	if s.Kind != kind {
-		return "", fmt.Errorf("%w: kind %v, want %v", ErrMalformed, s.Kind, kind)
-	}
-	if len(s.Body) > MaxSignedBody {
-		return "", fmt.Errorf("%w: body of %d bytes exceeds %d", ErrMalformed, len(s.Body), MaxSignedBody)
+	if err := checkShape(s, kind); err != nil {
+		return "", err
 	}
 	signer, pub, err := PeerKey(s.Signer)
 	if err != nil {
@@ -94,6 +89,21 @@ func Verify(s *Signed, kind Kind, into proto.Message) (peer.ID, error) {
 		return "", fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
 	return signer, nil
+}
+
+// checkShape checks what can be checked of s before its signature: present,
+// of the expected kind, and within the size bound.
+func checkShape(s *Signed, kind Kind) error {
+	if s == nil {
+		return fmt.Errorf("%w: missing signed message", ErrMalformed)
+	}
+	if s.Kind != kind {
+		return fmt.Errorf("%w: kind %v, want %v", ErrMalformed, s.Kind, kind)
+	}
+	if len(s.Body) > MaxSignedBody {
+		return fmt.Errorf("%w: body of %d bytes exceeds %d", ErrMalformed, len(s.Body), MaxSignedBody)
+	}
+	return nil
 }
 
 // PeerKey parses b as a peer ID and extracts its embedded Ed25519 public key.
@@ -117,4 +127,45 @@ func ParsePeerID(b []byte) (peer.ID, error) {
 		return "", fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
 	return id, nil
+}
+
+// MaxBatch bounds the signed messages VerifyBatch checks at once.
+const MaxBatch = 256
+
+// VerifyBatch is Verify for several messages of one kind and one signer:
+// the signatures are checked together (one batch equation), and only if
+// every one verifies are the bodies decoded, body i into into(i). One bad
+// signature fails the whole batch. It returns the authenticated signer.
+func VerifyBatch(ss []*Signed, kind Kind, into func(i int) proto.Message) (peer.ID, error) {
+	if len(ss) == 0 || len(ss) > MaxBatch {
+		return "", fmt.Errorf("%w: batch of %d signed messages", ErrMalformed, len(ss))
+	}
+	msgs := make([][]byte, len(ss))
+	sigs := make([][]byte, len(ss))
+	for i, s := range ss {
+		if err := checkShape(s, kind); err != nil {
+			return "", err
+		}
+		if !bytes.Equal(s.Signer, ss[0].Signer) {
+			return "", fmt.Errorf("%w: batch of more than one signer", ErrMalformed)
+		}
+		in, err := signingInput(kind, s.Body)
+		if err != nil {
+			return "", err
+		}
+		msgs[i], sigs[i] = in, s.Signature
+	}
+	signer, pub, err := PeerKey(ss[0].Signer)
+	if err != nil {
+		return "", err
+	}
+	if !verifyEd25519Batch(signer, pub, msgs, sigs) {
+		return "", ErrBadSignature
+	}
+	for i, s := range ss {
+		if err := proto.Unmarshal(s.Body, into(i)); err != nil {
+			return "", fmt.Errorf("%w: %v", ErrMalformed, err)
+		}
+	}
+	return signer, nil
 }

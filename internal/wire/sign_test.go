@@ -302,3 +302,84 @@ func TestPeerKeyAndParsePeerID(t *testing.T) {
 		}
 	}
 }
+
+func signedBatch(t *testing.T, priv crypto.PrivKey, n int) []*wire.Signed {
+	t.Helper()
+	out := make([]*wire.Signed, n)
+	for i := range out {
+		body := sampleBody()
+		body.Seq = uint64(i + 1)
+		s, err := wire.Sign(priv, wire.Kind_KIND_ENVELOPE, body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[i] = s
+	}
+	return out
+}
+
+func TestVerifyBatch(t *testing.T) {
+	priv, id := testKey(t, 1)
+	other, _ := testKey(t, 2)
+	decode := func(got []*wire.Envelope) func(int) proto.Message {
+		return func(i int) proto.Message { got[i] = &wire.Envelope{}; return got[i] }
+	}
+	for _, n := range []int{1, 2, 17} {
+		ss := signedBatch(t, priv, n)
+		got := make([]*wire.Envelope, n)
+		signer, err := wire.VerifyBatch(ss, wire.Kind_KIND_ENVELOPE, decode(got))
+		if err != nil || signer != id {
+			t.Fatalf("batch of %d: signer %v, err %v", n, signer, err)
+		}
+		for i, e := range got {
+			if e.Seq != uint64(i+1) {
+				t.Fatalf("batch of %d: body %d decoded as seq %d", n, i, e.Seq)
+			}
+		}
+	}
+
+	cases := []struct {
+		name  string
+		batch func() []*wire.Signed
+		want  error
+	}{
+		{"one bad signature", func() []*wire.Signed {
+			ss := signedBatch(t, priv, 5)
+			ss[3].Signature = bytes.Clone(ss[3].Signature)
+			ss[3].Signature[5] ^= 1
+			return ss
+		}, wire.ErrBadSignature},
+		{"signatures swapped", func() []*wire.Signed {
+			ss := signedBatch(t, priv, 3)
+			ss[0].Signature, ss[1].Signature = ss[1].Signature, ss[0].Signature
+			return ss
+		}, wire.ErrBadSignature},
+		{"two signers", func() []*wire.Signed {
+			return append(signedBatch(t, priv, 2), signedBatch(t, other, 1)...)
+		}, wire.ErrMalformed},
+		{"signer field changed", func() []*wire.Signed {
+			ss := append(signedBatch(t, priv, 2), signedBatch(t, other, 1)...)
+			ss[2].Signer = ss[0].Signer // other's signature claimed as priv's
+			return ss
+		}, wire.ErrBadSignature},
+		{"other kind", func() []*wire.Signed {
+			ss := signedBatch(t, priv, 2)
+			ss[1].Kind = wire.Kind_KIND_KEY_META
+			return ss
+		}, wire.ErrMalformed},
+		{"nil entry", func() []*wire.Signed { return append(signedBatch(t, priv, 1), nil) }, wire.ErrMalformed},
+		{"empty", func() []*wire.Signed { return nil }, wire.ErrMalformed},
+		{"too many", func() []*wire.Signed { return make([]*wire.Signed, wire.MaxBatch+1) }, wire.ErrMalformed},
+	}
+	for _, c := range cases {
+		ss := c.batch()
+		decoded := 0
+		_, err := wire.VerifyBatch(ss, wire.Kind_KIND_ENVELOPE, func(int) proto.Message { decoded++; return &wire.Envelope{} })
+		if !errors.Is(err, c.want) {
+			t.Errorf("%s: err %v, want %v", c.name, err, c.want)
+		}
+		if decoded != 0 {
+			t.Errorf("%s: %d bodies decoded from a batch that failed", c.name, decoded)
+		}
+	}
+}

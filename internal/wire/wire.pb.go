@@ -1013,6 +1013,7 @@ type TopicMessage struct {
 	//	*TopicMessage_Envelope
 	//	*TopicMessage_RosterOp
 	//	*TopicMessage_KeyRequest
+	//	*TopicMessage_EnvelopeBatch
 	Payload       isTopicMessage_Payload `protobuf_oneof:"payload"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1082,6 +1083,15 @@ func (x *TopicMessage) GetKeyRequest() *Signed {
 	return nil
 }
 
+func (x *TopicMessage) GetEnvelopeBatch() *EnvelopeBatch {
+	if x != nil {
+		if x, ok := x.Payload.(*TopicMessage_EnvelopeBatch); ok {
+			return x.EnvelopeBatch
+		}
+	}
+	return nil
+}
+
 type isTopicMessage_Payload interface {
 	isTopicMessage_Payload()
 }
@@ -1098,11 +1108,66 @@ type TopicMessage_KeyRequest struct {
 	KeyRequest *Signed `protobuf:"bytes,3,opt,name=key_request,json=keyRequest,proto3,oneof"` // KIND_KEY_REQUEST
 }
 
+type TopicMessage_EnvelopeBatch struct {
+	EnvelopeBatch *EnvelopeBatch `protobuf:"bytes,4,opt,name=envelope_batch,json=envelopeBatch,proto3,oneof"`
+}
+
 func (*TopicMessage_Envelope) isTopicMessage_Payload() {}
 
 func (*TopicMessage_RosterOp) isTopicMessage_Payload() {}
 
 func (*TopicMessage_KeyRequest) isTopicMessage_Payload() {}
+
+func (*TopicMessage_EnvelopeBatch) isTopicMessage_Payload() {}
+
+// EnvelopeBatch carries consecutive envelopes of one sender in one topic
+// message. A sender coalesces the sends queued behind a publish in
+// progress, so under a burst GossipSub's per-message work is shared and
+// receivers verify the signatures as one batch. Each envelope keeps its own
+// signature: it is stored, synced and shown exactly as if it had come alone.
+type EnvelopeBatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Envelopes     []*Signed              `protobuf:"bytes,1,rep,name=envelopes,proto3" json:"envelopes,omitempty"` // KIND_ENVELOPE, 2 or more, one signer
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EnvelopeBatch) Reset() {
+	*x = EnvelopeBatch{}
+	mi := &file_wire_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EnvelopeBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EnvelopeBatch) ProtoMessage() {}
+
+func (x *EnvelopeBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_wire_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EnvelopeBatch.ProtoReflect.Descriptor instead.
+func (*EnvelopeBatch) Descriptor() ([]byte, []int) {
+	return file_wire_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *EnvelopeBatch) GetEnvelopes() []*Signed {
+	if x != nil {
+		return x.Envelopes
+	}
+	return nil
+}
 
 // RosterRequest asks a member for a group's roster over /p2pchat/roster/1.0.0.
 type RosterRequest struct {
@@ -1114,7 +1179,7 @@ type RosterRequest struct {
 
 func (x *RosterRequest) Reset() {
 	*x = RosterRequest{}
-	mi := &file_wire_proto_msgTypes[13]
+	mi := &file_wire_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1126,7 +1191,7 @@ func (x *RosterRequest) String() string {
 func (*RosterRequest) ProtoMessage() {}
 
 func (x *RosterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[13]
+	mi := &file_wire_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1139,7 +1204,7 @@ func (x *RosterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RosterRequest.ProtoReflect.Descriptor instead.
 func (*RosterRequest) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{13}
+	return file_wire_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RosterRequest) GetGroupId() []byte {
@@ -1160,7 +1225,7 @@ type RosterResponse struct {
 
 func (x *RosterResponse) Reset() {
 	*x = RosterResponse{}
-	mi := &file_wire_proto_msgTypes[14]
+	mi := &file_wire_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1172,7 +1237,7 @@ func (x *RosterResponse) String() string {
 func (*RosterResponse) ProtoMessage() {}
 
 func (x *RosterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[14]
+	mi := &file_wire_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1185,7 +1250,7 @@ func (x *RosterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RosterResponse.ProtoReflect.Descriptor instead.
 func (*RosterResponse) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{14}
+	return file_wire_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RosterResponse) GetOps() []*Signed {
@@ -1206,7 +1271,7 @@ type GroupRecord struct {
 
 func (x *GroupRecord) Reset() {
 	*x = GroupRecord{}
-	mi := &file_wire_proto_msgTypes[15]
+	mi := &file_wire_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1218,7 +1283,7 @@ func (x *GroupRecord) String() string {
 func (*GroupRecord) ProtoMessage() {}
 
 func (x *GroupRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[15]
+	mi := &file_wire_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1231,7 +1296,7 @@ func (x *GroupRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupRecord.ProtoReflect.Descriptor instead.
 func (*GroupRecord) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{15}
+	return file_wire_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GroupRecord) GetCreateOp() *Signed {
@@ -1259,7 +1324,7 @@ type KeyRecord struct {
 
 func (x *KeyRecord) Reset() {
 	*x = KeyRecord{}
-	mi := &file_wire_proto_msgTypes[16]
+	mi := &file_wire_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1271,7 +1336,7 @@ func (x *KeyRecord) String() string {
 func (*KeyRecord) ProtoMessage() {}
 
 func (x *KeyRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[16]
+	mi := &file_wire_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1284,7 +1349,7 @@ func (x *KeyRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyRecord.ProtoReflect.Descriptor instead.
 func (*KeyRecord) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{16}
+	return file_wire_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *KeyRecord) GetSecret() []byte {
@@ -1313,7 +1378,7 @@ type MessageRecord struct {
 
 func (x *MessageRecord) Reset() {
 	*x = MessageRecord{}
-	mi := &file_wire_proto_msgTypes[17]
+	mi := &file_wire_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1325,7 +1390,7 @@ func (x *MessageRecord) String() string {
 func (*MessageRecord) ProtoMessage() {}
 
 func (x *MessageRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[17]
+	mi := &file_wire_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1338,7 +1403,7 @@ func (x *MessageRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MessageRecord.ProtoReflect.Descriptor instead.
 func (*MessageRecord) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{17}
+	return file_wire_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *MessageRecord) GetEnvelope() *Signed {
@@ -1374,7 +1439,7 @@ type SeqRanges struct {
 
 func (x *SeqRanges) Reset() {
 	*x = SeqRanges{}
-	mi := &file_wire_proto_msgTypes[18]
+	mi := &file_wire_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1386,7 +1451,7 @@ func (x *SeqRanges) String() string {
 func (*SeqRanges) ProtoMessage() {}
 
 func (x *SeqRanges) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[18]
+	mi := &file_wire_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1399,7 +1464,7 @@ func (x *SeqRanges) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SeqRanges.ProtoReflect.Descriptor instead.
 func (*SeqRanges) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{18}
+	return file_wire_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SeqRanges) GetSender() []byte {
@@ -1428,7 +1493,7 @@ type SyncRequest struct {
 
 func (x *SyncRequest) Reset() {
 	*x = SyncRequest{}
-	mi := &file_wire_proto_msgTypes[19]
+	mi := &file_wire_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1440,7 +1505,7 @@ func (x *SyncRequest) String() string {
 func (*SyncRequest) ProtoMessage() {}
 
 func (x *SyncRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[19]
+	mi := &file_wire_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1453,7 +1518,7 @@ func (x *SyncRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncRequest.ProtoReflect.Descriptor instead.
 func (*SyncRequest) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{19}
+	return file_wire_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SyncRequest) GetGroupId() []byte {
@@ -1489,7 +1554,7 @@ type SyncResponse struct {
 
 func (x *SyncResponse) Reset() {
 	*x = SyncResponse{}
-	mi := &file_wire_proto_msgTypes[20]
+	mi := &file_wire_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1501,7 +1566,7 @@ func (x *SyncResponse) String() string {
 func (*SyncResponse) ProtoMessage() {}
 
 func (x *SyncResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[20]
+	mi := &file_wire_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1514,7 +1579,7 @@ func (x *SyncResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncResponse.ProtoReflect.Descriptor instead.
 func (*SyncResponse) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{20}
+	return file_wire_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SyncResponse) GetEnvelopes() []*Signed {
@@ -1546,7 +1611,7 @@ type Invite struct {
 
 func (x *Invite) Reset() {
 	*x = Invite{}
-	mi := &file_wire_proto_msgTypes[21]
+	mi := &file_wire_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1558,7 +1623,7 @@ func (x *Invite) String() string {
 func (*Invite) ProtoMessage() {}
 
 func (x *Invite) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[21]
+	mi := &file_wire_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1571,7 +1636,7 @@ func (x *Invite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Invite.ProtoReflect.Descriptor instead.
 func (*Invite) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{21}
+	return file_wire_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Invite) GetGroupId() []byte {
@@ -1613,7 +1678,7 @@ type AddrRecord struct {
 
 func (x *AddrRecord) Reset() {
 	*x = AddrRecord{}
-	mi := &file_wire_proto_msgTypes[22]
+	mi := &file_wire_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1625,7 +1690,7 @@ func (x *AddrRecord) String() string {
 func (*AddrRecord) ProtoMessage() {}
 
 func (x *AddrRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[22]
+	mi := &file_wire_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1638,7 +1703,7 @@ func (x *AddrRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddrRecord.ProtoReflect.Descriptor instead.
 func (*AddrRecord) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{22}
+	return file_wire_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *AddrRecord) GetAddrs() [][]byte {
@@ -1727,13 +1792,16 @@ const file_wire_proto_rawDesc = "" +
 	"\aContent\x12\x12\n" +
 	"\x04text\x18\x01 \x01(\tR\x04text\x12\x1c\n" +
 	"\n" +
-	"sent_at_ms\x18\x02 \x01(\x03R\bsentAtMs\"\xc4\x01\n" +
+	"sent_at_ms\x18\x02 \x01(\x03R\bsentAtMs\"\x8d\x02\n" +
 	"\fTopicMessage\x125\n" +
 	"\benvelope\x18\x01 \x01(\v2\x17.p2pchat.wire.v1.SignedH\x00R\benvelope\x126\n" +
 	"\troster_op\x18\x02 \x01(\v2\x17.p2pchat.wire.v1.SignedH\x00R\brosterOp\x12:\n" +
 	"\vkey_request\x18\x03 \x01(\v2\x17.p2pchat.wire.v1.SignedH\x00R\n" +
-	"keyRequestB\t\n" +
-	"\apayload\"*\n" +
+	"keyRequest\x12G\n" +
+	"\x0eenvelope_batch\x18\x04 \x01(\v2\x1e.p2pchat.wire.v1.EnvelopeBatchH\x00R\renvelopeBatchB\t\n" +
+	"\apayload\"F\n" +
+	"\rEnvelopeBatch\x125\n" +
+	"\tenvelopes\x18\x01 \x03(\v2\x17.p2pchat.wire.v1.SignedR\tenvelopes\"*\n" +
 	"\rRosterRequest\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\fR\agroupId\";\n" +
 	"\x0eRosterResponse\x12)\n" +
@@ -1793,7 +1861,7 @@ func file_wire_proto_rawDescGZIP() []byte {
 }
 
 var file_wire_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_wire_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_wire_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_wire_proto_goTypes = []any{
 	(Kind)(0),              // 0: p2pchat.wire.v1.Kind
 	(Role)(0),              // 1: p2pchat.wire.v1.Role
@@ -1810,16 +1878,17 @@ var file_wire_proto_goTypes = []any{
 	(*Envelope)(nil),       // 12: p2pchat.wire.v1.Envelope
 	(*Content)(nil),        // 13: p2pchat.wire.v1.Content
 	(*TopicMessage)(nil),   // 14: p2pchat.wire.v1.TopicMessage
-	(*RosterRequest)(nil),  // 15: p2pchat.wire.v1.RosterRequest
-	(*RosterResponse)(nil), // 16: p2pchat.wire.v1.RosterResponse
-	(*GroupRecord)(nil),    // 17: p2pchat.wire.v1.GroupRecord
-	(*KeyRecord)(nil),      // 18: p2pchat.wire.v1.KeyRecord
-	(*MessageRecord)(nil),  // 19: p2pchat.wire.v1.MessageRecord
-	(*SeqRanges)(nil),      // 20: p2pchat.wire.v1.SeqRanges
-	(*SyncRequest)(nil),    // 21: p2pchat.wire.v1.SyncRequest
-	(*SyncResponse)(nil),   // 22: p2pchat.wire.v1.SyncResponse
-	(*Invite)(nil),         // 23: p2pchat.wire.v1.Invite
-	(*AddrRecord)(nil),     // 24: p2pchat.wire.v1.AddrRecord
+	(*EnvelopeBatch)(nil),  // 15: p2pchat.wire.v1.EnvelopeBatch
+	(*RosterRequest)(nil),  // 16: p2pchat.wire.v1.RosterRequest
+	(*RosterResponse)(nil), // 17: p2pchat.wire.v1.RosterResponse
+	(*GroupRecord)(nil),    // 18: p2pchat.wire.v1.GroupRecord
+	(*KeyRecord)(nil),      // 19: p2pchat.wire.v1.KeyRecord
+	(*MessageRecord)(nil),  // 20: p2pchat.wire.v1.MessageRecord
+	(*SeqRanges)(nil),      // 21: p2pchat.wire.v1.SeqRanges
+	(*SyncRequest)(nil),    // 22: p2pchat.wire.v1.SyncRequest
+	(*SyncResponse)(nil),   // 23: p2pchat.wire.v1.SyncResponse
+	(*Invite)(nil),         // 24: p2pchat.wire.v1.Invite
+	(*AddrRecord)(nil),     // 25: p2pchat.wire.v1.AddrRecord
 }
 var file_wire_proto_depIdxs = []int32{
 	0,  // 0: p2pchat.wire.v1.Signed.kind:type_name -> p2pchat.wire.v1.Kind
@@ -1833,17 +1902,19 @@ var file_wire_proto_depIdxs = []int32{
 	2,  // 8: p2pchat.wire.v1.TopicMessage.envelope:type_name -> p2pchat.wire.v1.Signed
 	2,  // 9: p2pchat.wire.v1.TopicMessage.roster_op:type_name -> p2pchat.wire.v1.Signed
 	2,  // 10: p2pchat.wire.v1.TopicMessage.key_request:type_name -> p2pchat.wire.v1.Signed
-	2,  // 11: p2pchat.wire.v1.RosterResponse.ops:type_name -> p2pchat.wire.v1.Signed
-	2,  // 12: p2pchat.wire.v1.GroupRecord.create_op:type_name -> p2pchat.wire.v1.Signed
-	8,  // 13: p2pchat.wire.v1.KeyRecord.meta:type_name -> p2pchat.wire.v1.KeyMeta
-	2,  // 14: p2pchat.wire.v1.MessageRecord.envelope:type_name -> p2pchat.wire.v1.Signed
-	20, // 15: p2pchat.wire.v1.SyncRequest.have:type_name -> p2pchat.wire.v1.SeqRanges
-	2,  // 16: p2pchat.wire.v1.SyncResponse.envelopes:type_name -> p2pchat.wire.v1.Signed
-	17, // [17:17] is the sub-list for method output_type
-	17, // [17:17] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	15, // 11: p2pchat.wire.v1.TopicMessage.envelope_batch:type_name -> p2pchat.wire.v1.EnvelopeBatch
+	2,  // 12: p2pchat.wire.v1.EnvelopeBatch.envelopes:type_name -> p2pchat.wire.v1.Signed
+	2,  // 13: p2pchat.wire.v1.RosterResponse.ops:type_name -> p2pchat.wire.v1.Signed
+	2,  // 14: p2pchat.wire.v1.GroupRecord.create_op:type_name -> p2pchat.wire.v1.Signed
+	8,  // 15: p2pchat.wire.v1.KeyRecord.meta:type_name -> p2pchat.wire.v1.KeyMeta
+	2,  // 16: p2pchat.wire.v1.MessageRecord.envelope:type_name -> p2pchat.wire.v1.Signed
+	21, // 17: p2pchat.wire.v1.SyncRequest.have:type_name -> p2pchat.wire.v1.SeqRanges
+	2,  // 18: p2pchat.wire.v1.SyncResponse.envelopes:type_name -> p2pchat.wire.v1.Signed
+	19, // [19:19] is the sub-list for method output_type
+	19, // [19:19] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_wire_proto_init() }
@@ -1861,6 +1932,7 @@ func file_wire_proto_init() {
 		(*TopicMessage_Envelope)(nil),
 		(*TopicMessage_RosterOp)(nil),
 		(*TopicMessage_KeyRequest)(nil),
+		(*TopicMessage_EnvelopeBatch)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1868,7 +1940,7 @@ func file_wire_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_wire_proto_rawDesc), len(file_wire_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   23,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
