@@ -138,6 +138,12 @@ store (the daemon's configuration: badger with synced writes, in directories und
 nodes share this machine's disk). A reference set runs raw GossipSub a third time, for %v nodes / 256 B,
 with GossipSub's own default signing (StrictSign: an Ed25519 signature per message, verified by every
 receiver), the closest raw equivalent of p2pchat's one signature per envelope; it carries no target.
+With the same set-up p2pchat runs once more with envelope batching off (`+"`Params.PublishBatch = 1`"+`):
+by default a sender whose sends queue up (a send arriving within `+"`PublishInterval`"+`, 2 ms, of its
+previous topic message) sends them together, up to 64 envelopes per topic message, each envelope
+still signed on its own and the receivers checking the signatures as one batch; a send after a quiet
+spell leaves at once, so the paced stream is never batched. The reference shows what batching
+contributes to the unpaced rows; it carries no target.
 
 **Rotation.** Group of n members *after* the removal (admin + n−1), so n−1 key transfers are the
 minimum. The admin calls `+"`Remove`"+` on an (n+1)-th member; the time runs until every one of the

@@ -155,6 +155,11 @@ type p2pSide struct {
 // host (node.Config.ListenAddrs), connects them all, forms one group of all
 // of them and lets it settle. disk gives every node an on-disk store.
 func newP2PSide(n int, disk bool, settle time.Duration) (*p2pSide, error) {
+	return newP2PSideParams(n, disk, settle, node.DefaultParams())
+}
+
+// newP2PSideParams is newP2PSide with the nodes' Params given.
+func newP2PSideParams(n int, disk bool, settle time.Duration, params node.Params) (*p2pSide, error) {
 	s := &p2pSide{}
 	ok := false
 	defer func() {
@@ -172,7 +177,7 @@ func newP2PSide(n int, disk bool, settle time.Duration) (*p2pSide, error) {
 			dir = d
 			s.dirs = append(s.dirs, d)
 		}
-		p, err := newLoopbackNode(dir, node.DefaultParams(), false)
+		p, err := newLoopbackNode(dir, params, false)
 		if err != nil {
 			return nil, err
 		}
@@ -426,6 +431,10 @@ func runOnce(cfg *config, kind string, n, size int) (paced, burst *deliveryRun, 
 		s, err = newP2PSide(n, true, settle)
 	case "raw-signed":
 		s, err = newRawSideOpts(n, settle, true)
+	case "p2pchat-unbatched":
+		params := node.DefaultParams()
+		params.PublishBatch = 1
+		s, err = newP2PSideParams(n, false, settle, params)
 	default:
 		err = fmt.Errorf("unknown side %q", kind)
 	}
@@ -454,24 +463,24 @@ func runThroughput(cfg *config, res *results, plots *plotData) {
 				rounds = 2
 			}
 			withSigned := n == cfg.nodeCounts[0] && size == 256
-			var raw, p2p, signed sideRuns
+			var raw, p2p, signed, unbatched sideRuns
 			var failed error
 			for round := 0; round < rounds && failed == nil; round++ {
 				kinds := []string{"raw", "p2pchat"}
 				if withSigned && round == 0 {
-					kinds = append(kinds, "raw-signed")
+					kinds = append(kinds, "raw-signed", "p2pchat-unbatched")
 				}
 				for _, kind := range kinds {
 					logf("delivery %s: %s (round %d of %d)", label, kind, round+1, rounds)
 					paced, burst, err := runOnce(cfg, kind, n, size)
 					if err != nil {
-						if kind != "raw-signed" {
+						if kind != "raw-signed" && kind != "p2pchat-unbatched" {
 							failed = fmt.Errorf("%s: %w", kind, err)
 						}
 						logf("delivery %s: %s: %v", label, kind, err)
 						continue
 					}
-					dst := map[string]*sideRuns{"raw": &raw, "p2pchat": &p2p, "raw-signed": &signed}[kind]
+					dst := map[string]*sideRuns{"raw": &raw, "p2pchat": &p2p, "raw-signed": &signed, "p2pchat-unbatched": &unbatched}[kind]
 					dst.paced = append(dst.paced, paced)
 					dst.burst = append(dst.burst, burst)
 				}
@@ -485,6 +494,9 @@ func runThroughput(cfg *config, res *results, plots *plotData) {
 			if len(signed.paced) > 0 {
 				ls.rawSigned = signed.latencies()
 				signedRows = append(signedRows, signedRef(label, ls.rawSigned, pl, &signed, &p2p)...)
+			}
+			if len(unbatched.paced) > 0 {
+				signedRows = append(signedRows, unbatchedRef(label, &raw, &unbatched)...)
 			}
 			plots.latency = append(plots.latency, ls)
 			tgtT, tgtL := "", ""
@@ -539,6 +551,21 @@ func signedRef(label string, sl, pl []time.Duration, signed, p2p *sideRuns) []ro
 		{Section: sec, Metric: label + ": latency p99", Unit: "ms", Raw: ms(pct(sl, .99)), P2P: ms(pct(pl, .99))},
 		{Section: sec, Metric: label + ": throughput, unpaced (deliveries/s)", Raw: meanOf(signed.burst, tput), P2P: meanOf(p2p.burst, tput),
 			Note: fmt.Sprintf("delivered: signed raw %.1f %%", 100*fractionOf(signed.burst))},
+	}
+}
+
+// unbatchedRef shows what envelope batching contributes: p2pchat with
+// Params.PublishBatch 1 (every envelope its own topic message) against raw.
+func unbatchedRef(label string, raw, unbatched *sideRuns) []row {
+	const sec = "Reference: p2pchat without envelope batching (Params.PublishBatch = 1)"
+	tput := func(d *deliveryRun) float64 { return d.throughput() }
+	ul := unbatched.latencies()
+	return []row{
+		{Section: sec, Metric: label + ": throughput, unpaced (deliveries/s)", Raw: meanOf(raw.burst, tput), P2P: meanOf(unbatched.burst, tput),
+			Note: fmt.Sprintf("p2pchat column = one round with batching off; raw column = the raw runs above; delivered %.1f %%", 100*fractionOf(unbatched.burst))},
+		{Section: sec, Metric: label + ": burst, time to complete", Unit: "ms", Raw: worstCompletion(raw.burst), P2P: worstCompletion(unbatched.burst)},
+		{Section: sec, Metric: label + ": latency p99 (paced)", Unit: "ms", Raw: ms(pct(raw.latencies(), .99)), P2P: ms(pct(ul, .99)),
+			Note: "paced sends never queue, so batching does not change them"},
 	}
 }
 

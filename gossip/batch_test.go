@@ -150,3 +150,38 @@ func TestPackEnvelopes(t *testing.T) {
 		}
 	}
 }
+
+func TestOpenEnvelopes(t *testing.T) {
+	f := newFixture(t)
+	other := newFixture(t)
+	other.priv, _ = testPeer(t, 9)
+	var ss []*wire.Signed
+	for seq := uint64(1); seq <= 300; seq++ { // more than one batch of one signer
+		ss = append(ss, f.seal(t, seq, "m").Signed)
+		if seq%7 == 0 {
+			ss = append(ss, other.seal(t, seq, "o").Signed)
+		}
+	}
+	out, errs := gossip.OpenEnvelopes(ss)
+	for i := range ss {
+		if errs[i] != nil || out[i] == nil || !proto.Equal(out[i].Signed, ss[i]) {
+			t.Fatalf("envelope %d: %v", i, errs[i])
+		}
+	}
+
+	// One forged envelope fails alone; its batch-mates still open.
+	bad := proto.Clone(ss[5]).(*wire.Signed)
+	bad.Signature[1] ^= 1
+	ss[5] = bad
+	ss[9] = nil
+	out, errs = gossip.OpenEnvelopes(ss)
+	for i := range ss {
+		failed := i == 5 || i == 9
+		if failed != (errs[i] != nil) || failed != (out[i] == nil) {
+			t.Fatalf("envelope %d: out %v, err %v", i, out[i] != nil, errs[i])
+		}
+	}
+	if !errors.Is(errs[5], wire.ErrBadSignature) || !errors.Is(errs[9], wire.ErrMalformed) {
+		t.Fatalf("errors: %v, %v", errs[5], errs[9])
+	}
+}

@@ -127,6 +127,49 @@ func OpenEnvelopeBatch(b *wire.EnvelopeBatch) ([]*Envelope, error) {
 	return out, nil
 }
 
+// OpenEnvelopes verifies and decodes many envelopes (a history answer, a
+// stored history), checking each signer's signatures as batches. For each
+// i exactly one of out[i] and errs[i] is set; a failed batch is checked
+// envelope by envelope, so one bad envelope costs only itself.
+func OpenEnvelopes(ss []*wire.Signed) (out []*Envelope, errs []error) {
+	out = make([]*Envelope, len(ss))
+	errs = make([]error, len(ss))
+	bySigner := make(map[string][]int)
+	var order []string
+	for i, s := range ss {
+		if s == nil || len(s.Body) > MaxEnvelopeBody {
+			out[i], errs[i] = OpenEnvelope(s)
+			continue
+		}
+		k := string(s.Signer)
+		if _, ok := bySigner[k]; !ok {
+			order = append(order, k)
+		}
+		bySigner[k] = append(bySigner[k], i)
+	}
+	for _, k := range order {
+		idx := bySigner[k]
+		for len(idx) > 0 {
+			chunk := idx[:min(len(idx), wire.MaxBatch)]
+			idx = idx[len(chunk):]
+			batch := make([]*wire.Signed, len(chunk))
+			for j, i := range chunk {
+				batch[j] = ss[i]
+			}
+			ws := make([]wire.Envelope, len(chunk))
+			signer, err := wire.VerifyBatch(batch, wire.Kind_KIND_ENVELOPE, func(j int) proto.Message { return &ws[j] })
+			for j, i := range chunk {
+				if err != nil {
+					out[i], errs[i] = OpenEnvelope(ss[i])
+				} else {
+					out[i], errs[i] = envelopeFrom(signer, ss[i], &ws[j])
+				}
+			}
+		}
+	}
+	return out, errs
+}
+
 // envelopeFrom checks and converts an envelope whose signature by signer
 // has been verified.
 func envelopeFrom(signer peer.ID, s *wire.Signed, w *wire.Envelope) (*Envelope, error) {

@@ -646,31 +646,43 @@ func (g *Group) publishLoop(ctx context.Context, t *gossip.Topic) {
 // History returns every stored message in arrival order, decrypted where
 // the key is held.
 func (g *Group) History() ([]Message, error) {
-	var out []Message
+	var recs []*wire.MessageRecord
 	err := g.n.store.Messages(g.id, func(b []byte) error {
-		var rec wire.MessageRecord
-		if err := proto.Unmarshal(b, &rec); err != nil {
+		rec := new(wire.MessageRecord)
+		if err := proto.Unmarshal(b, rec); err != nil {
 			g.n.log.Warn("skipping unreadable message record", "group", g.id.ShortString(), "err", err)
 			return nil
 		}
-		if rec.Undecryptable {
-			return nil
+		if !rec.Undecryptable {
+			recs = append(recs, rec)
 		}
-		e, err := gossip.OpenEnvelope(rec.Envelope)
-		if err != nil {
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	// Stored envelopes are verified again (see loadEnvelope), each sender's
+	// as batches.
+	signed := make([]*wire.Signed, len(recs))
+	for i, rec := range recs {
+		signed[i] = rec.Envelope
+	}
+	envs, errs := gossip.OpenEnvelopes(signed)
+	var out []Message
+	for i, e := range envs {
+		if errs[i] != nil {
 			// One bad record must not hide the rest of the history.
-			g.n.log.Warn("skipping stored envelope that does not verify", "group", g.id.ShortString(), "err", err)
-			return nil
+			g.n.log.Warn("skipping stored envelope that does not verify", "group", g.id.ShortString(), "err", errs[i])
+			continue
 		}
-		g.mu.Lock()
-		m := g.messageLocked(e, time.UnixMilli(rec.ReceivedAtMs))
+		g.mu.Lock() // per message: a long history does not hold up the group
+		m := g.messageLocked(e, time.UnixMilli(recs[i].ReceivedAtMs))
 		g.mu.Unlock()
 		if m != nil {
 			out = append(out, *m)
 		}
-		return nil
-	})
-	return out, err
+	}
+	return out, nil
 }
 
 // loadEnvelope reads a stored envelope. Stored envelopes were verified when

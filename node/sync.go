@@ -188,12 +188,12 @@ func (g *Group) syncHistory(ctx context.Context, p peer.ID) error {
 			return err
 		}
 		var envs []*gossip.Envelope
-		for _, s := range resp.Envelopes {
-			e, err := gossip.OpenEnvelope(s)
-			if err != nil || e.Group != g.id {
+		opened, errs := gossip.OpenEnvelopes(resp.Envelopes)
+		for i, e := range opened {
+			if errs[i] != nil || e.Group != g.id {
 				// A peer that sends forgeries gets nothing stored, and no
 				// more of our time this round.
-				return fmt.Errorf("peer %s sent an invalid envelope: %v", p.String(), err)
+				return fmt.Errorf("peer %s sent an invalid envelope: %v", p.String(), errs[i])
 			}
 			envs = append(envs, e)
 		}
