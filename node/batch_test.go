@@ -133,3 +133,45 @@ func TestPublishBatchParam(t *testing.T) {
 		})
 	}
 }
+
+// TestPublishInterval: sends that follow one another within
+// PublishInterval leave together, at most one topic message per interval
+// (without batching, 20 sends would be 20 topic messages), and arrive in
+// order.
+func TestPublishInterval(t *testing.T) {
+	params := testParams
+	params.PublishInterval = 300 * time.Millisecond
+	a := newTestNodeParams(t, "", nil, params)
+	b := newTestNode(t, "")
+	gid := formGroup(t, []*testNode{a, b})
+	g := a.mustGroup(gid)
+	before := a.Stats()
+
+	const burst = 20
+	start := time.Now()
+	for i := 0; i < burst; i++ {
+		if _, err := g.Send(context.Background(), fmt.Sprintf("burst %d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sending := time.Since(start)
+	eventually(t, 10*time.Second, "b shows the burst", func() bool { return len(b.rec.readable(gid)) == burst })
+	st := a.Stats()
+	msgs := st.TopicMessagesSent - before.TopicMessagesSent
+	envs := st.EnvelopesPublished - before.EnvelopesPublished
+	// The first topic message (a lone first send, or everything queued by
+	// the time it leaves), then at most one per interval begun while
+	// sending, plus the one that ends the last interval.
+	limit := 2 + uint64(sending/params.PublishInterval)
+	t.Logf("%d sends in %v left in %d topic messages (limit %d)", burst, sending, msgs, limit)
+	if envs != burst || msgs < 1 || msgs > limit {
+		t.Fatalf("%d envelopes in %d topic messages; want %d in 1..%d", envs, msgs, burst, limit)
+	}
+	var last uint64
+	for _, m := range b.rec.shown(gid) {
+		if m.Seq <= last {
+			t.Fatalf("seq %d shown after %d", m.Seq, last)
+		}
+		last = m.Seq
+	}
+}

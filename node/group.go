@@ -586,33 +586,32 @@ func (g *Group) takeOutbox() []*wire.Signed {
 // publishes what is left, briefly: what it cannot, history sync delivers.
 func (g *Group) publishLoop(ctx context.Context, t *gossip.Topic) {
 	defer g.topicWG.Done()
-	publish := func(ctx context.Context) {
-		for {
-			envs := g.takeOutbox()
-			if len(envs) == 0 {
-				return
-			}
-			for _, m := range gossip.PackEnvelopes(envs, g.n.params.PublishBatch) {
-				if err := t.Publish(ctx, m); err != nil {
-					g.n.log.Warn("publish failed", "group", g.id.ShortString(), "err", err)
-					if ctx.Err() != nil {
-						return
-					}
-					continue
+	// publish sends what is queued now; what queues meanwhile has woken
+	// the loop and waits for the next interval.
+	publish := func(ctx context.Context) (sent bool) {
+		envs := g.takeOutbox()
+		for _, m := range gossip.PackEnvelopes(envs, g.n.params.PublishBatch) {
+			if err := t.Publish(ctx, m); err != nil {
+				g.n.log.Warn("publish failed", "group", g.id.ShortString(), "err", err)
+				if ctx.Err() != nil {
+					return
 				}
-				n := uint64(1)
-				if b := m.GetEnvelopeBatch(); b != nil {
-					n = uint64(len(b.Envelopes))
-				}
-				g.n.stats.topicMessagesSent.Add(1)
-				g.n.stats.envelopesPublished.Add(n)
+				continue
 			}
+			n := uint64(1)
+			if b := m.GetEnvelopeBatch(); b != nil {
+				n = uint64(len(b.Envelopes))
+			}
+			g.n.stats.topicMessagesSent.Add(1)
+			g.n.stats.envelopesPublished.Add(n)
 		}
+		return len(envs) > 0
 	}
 	flush := func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
-		publish(ctx)
+		for ctx.Err() == nil && publish(ctx) {
+		}
 	}
 	linger := g.n.params.PublishInterval
 	if g.n.params.PublishBatch <= 1 {
@@ -638,8 +637,9 @@ func (g *Group) publishLoop(ctx context.Context, t *gossip.Topic) {
 				return
 			}
 		}
-		publish(ctx)
-		last = time.Now()
+		if publish(ctx) {
+			last = time.Now()
+		}
 	}
 }
 
