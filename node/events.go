@@ -208,6 +208,10 @@ type hub struct {
 	mu   sync.Mutex
 	seq  uint64
 	subs map[*Subscription]struct{}
+	// Events from before the first Subscribe (node.New starts groups, which
+	// can already deliver messages), kept for the first subscriber.
+	early      []Event
+	subscribed bool
 }
 
 func newHub() *hub { return &hub{subs: make(map[*Subscription]struct{})} }
@@ -215,6 +219,10 @@ func newHub() *hub { return &hub{subs: make(map[*Subscription]struct{})} }
 func (h *hub) subscribe() *Subscription {
 	s := &Subscription{c: make(chan Event, 64), hub: h, wake: make(chan struct{}, 1), done: make(chan struct{})}
 	h.mu.Lock()
+	if !h.subscribed {
+		h.subscribed = true
+		s.queue, h.early = h.early, nil
+	}
 	h.subs[s] = struct{}{}
 	h.mu.Unlock()
 	s.wg.Add(1)
@@ -237,6 +245,13 @@ func (h *hub) publish(e Event) {
 	h.seq++
 	e.Seq = h.seq
 	e.Time = time.Now()
+	if !h.subscribed {
+		if len(h.early) >= maxQueuedEvents {
+			h.early = h.early[1:]
+		}
+		h.early = append(h.early, e)
+		return
+	}
 	for s := range h.subs {
 		s.push(e)
 	}

@@ -162,3 +162,51 @@ func TestWaitingSurvivesRestart(t *testing.T) {
 		return c2.rec.readable(gid)[m.ID()] == m.Text
 	})
 }
+
+// TestEarlyEventsReachFirstSubscriber: events a node emits before anyone
+// subscribes (its groups start inside New) go to the first subscriber; a
+// later subscriber sees only what follows its subscription.
+func TestEarlyEventsReachFirstSubscriber(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	n, err := New(ctx, Config{ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"}, Params: testParams})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	g, err := n.CreateGroup(ctx, "early")
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := n.Subscribe()
+	defer first.Close()
+	select {
+	case e := <-first.C():
+		if e.Kind != EventGroupJoined || e.Group != g.ID() || e.Seq != 1 {
+			t.Fatalf("first event: %v seq %d", e.Kind, e.Seq)
+		}
+	case <-ctx.Done():
+		t.Fatal("the first subscriber got no event from before it subscribed")
+	}
+	second := n.Subscribe()
+	defer second.Close()
+	if _, err := g.Send(ctx, "after both subscribed"); err != nil {
+		t.Fatal(err)
+	}
+	for _, sub := range []*Subscription{first, second} {
+		for {
+			var e Event
+			select {
+			case e = <-sub.C():
+			case <-ctx.Done():
+				t.Fatal("no message event")
+			}
+			if sub == second && e.Kind == EventGroupJoined {
+				t.Fatal("a later subscriber got an event from before it subscribed")
+			}
+			if e.Kind == EventMessage {
+				break
+			}
+		}
+	}
+}
