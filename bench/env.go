@@ -169,7 +169,7 @@ func newLoopbackNode(dir string, params node.Params, withGater bool) (*pnode, er
 func newLoopbackNodeH(dir string, params node.Params, withGater bool, handler func(node.Event)) (*pnode, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	cfg := node.Config{Dir: dir, ListenAddrs: []string{loopback}, Params: params}
+	cfg := node.Config{Dir: dir, ListenAddrs: []string{loopback}, Params: params, PubSubOptions: tracing()}
 	var g *gate.Gater
 	if withGater {
 		g = gate.New()
@@ -378,7 +378,7 @@ func newRawNodeOpts(signed bool) (*rawNode, error) {
 	if err != nil {
 		return nil, err
 	}
-	opts := gossip.PubSubOptions()
+	opts := append(gossip.PubSubOptions(), tracing()...)
 	if signed {
 		opts = append(opts, pubsub.WithMessageAuthor(""), pubsub.WithMessageSignaturePolicy(pubsub.StrictSign))
 	}

@@ -86,6 +86,7 @@ var scenarios = []scenario{
 	{"daemon", nil, runDaemon},
 	{"memory", []string{"mem"}, runMemory},
 	{"delivery", []string{"throughput", "latency", "burst"}, runThroughput},
+	{"breakdown", []string{"latency-breakdown"}, runBreakdown},
 	{"rotation", nil, runRotation},
 	{"selfheal", []string{"self-heal", "heal"}, runSelfHeal},
 	{"catchup", []string{"catch-up"}, runCatchUp},

@@ -71,6 +71,10 @@ type Config struct {
 	ListenAddrs []string
 	// HostOptions are extra options for a node-created host.
 	HostOptions []libp2p.Option
+	// PubSubOptions are extra options for a node-created GossipSub router
+	// (a tracer, for instance), applied after gossip.PubSubOptions(). They
+	// must not change its signature policy or message IDs.
+	PubSubOptions []pubsub.Option
 	// Logger receives diagnostics; nil discards them. Nothing secret is logged.
 	Logger *slog.Logger
 	// Params tunes timing; zero fields take DefaultParams values.
@@ -278,6 +282,7 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		}
 		n.ownsHost = true
 		psOpts := append(gossip.PubSubOptions(), pubsub.WithPeerFilter(n.peerFilter))
+		psOpts = append(psOpts, cfg.PubSubOptions...)
 		if n.ps, err = pubsub.NewGossipSub(n.ctx, n.host, psOpts...); err != nil {
 			return nil, fmt.Errorf("node: start pubsub: %w", err)
 		}
