@@ -2,8 +2,10 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"sync"
 	"time"
@@ -26,6 +28,30 @@ type chatAPI interface {
 type eventSource interface {
 	Next() (*client.Event, error)
 	Close() error
+}
+
+// chatDialer connects to the daemon anew: it reads the API address and
+// token from the home directory, as chat does when it starts (both change
+// at every daemon start), and opens the event stream. The stream lives as
+// long as ctx.
+type chatDialer func(ctx context.Context) (chatAPI, eventSource, error)
+
+// homeDialer is the chatDialer for the daemon whose home is home.
+func homeDialer(home string) chatDialer {
+	return func(ctx context.Context) (chatAPI, eventSource, error) {
+		c, err := dial(home)
+		if err != nil {
+			return nil, nil, err
+		}
+		// Without after: the stream starts with the daemon's next event.
+		// Event IDs restart with each daemon, so an ID from before would
+		// be meaningless; what happened meanwhile is re-read instead.
+		s, err := c.Events(ctx, 0)
+		if err != nil {
+			return nil, nil, err
+		}
+		return c, s, nil
+	}
 }
 
 // runChat opens the interactive chat screen for one group. Everything that
@@ -82,35 +108,158 @@ func runChat(e *env, args []string) error {
 	m := newChatModel(ctx, c, self.PeerID, g, msgs, newChatStyles(lipgloss.NewRenderer(e.stdout)))
 	m.since = since
 	closeStream = false
-	return runChatScreen(e, m, stream, cancel)
+	return runChatScreen(e, m, stream, homeDialer(*f.home), cancel)
 }
 
+// Reconnecting waits reconnectMinWait before the first attempt and doubles
+// the wait after each failed one, up to reconnectMaxWait.
+const (
+	reconnectMinWait = 100 * time.Millisecond
+	reconnectMaxWait = 2 * time.Second
+)
+
 // runChatScreen runs the screen until the user quits, feeding it the
-// stream's events. When it returns, the stream is closed and no goroutine
-// it started is left running.
-func runChatScreen(e *env, m *chatModel, stream eventSource, cancel context.CancelFunc) error {
+// stream's events and, when the stream ends, reconnecting with redial.
+// When it returns, every stream is closed and no goroutine it started is
+// left running.
+func runChatScreen(e *env, m *chatModel, stream eventSource, redial chatDialer, cancel context.CancelFunc) error {
 	opts := []tea.ProgramOption{tea.WithInput(e.stdin), tea.WithOutput(e.stdout)}
 	if isTerminal(e.stdout) {
 		opts = append(opts, tea.WithAltScreen())
 	}
 	p := tea.NewProgram(m, opts...)
+	conn := &chatConn{
+		ctx:     m.ctx,
+		dial:    redial,
+		group:   m.group.GroupID,
+		send:    p.Send,
+		minWait: reconnectMinWait,
+		maxWait: reconnectMaxWait,
+	}
 
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		pumpEvents(stream, p.Send)
+		conn.run(stream)
 	}()
 
 	_, err := p.Run()
-	cancel()           // aborts the stream read and calls in flight
-	m.tasks.wait()     // calls in flight have returned
-	_ = stream.Close() // unblocks Next for streams that ignore ctx
+	cancel()       // aborts the stream read, a reconnect and calls in flight
+	conn.stop()    // closes the open stream for streams that ignore ctx
+	m.tasks.wait() // calls in flight have returned
 	wg.Wait()
 	if err != nil {
 		return fmt.Errorf("chat screen: %w", err)
 	}
 	return nil
+}
+
+// chatConn keeps the screen connected to the daemon: it pumps the events
+// of the open stream to the screen and, when the stream ends, reconnects
+// with capped exponential backoff until it succeeds, the group turns out
+// to be gone, or ctx ends. Its one goroutine is run's caller.
+type chatConn struct {
+	ctx              context.Context
+	dial             chatDialer
+	group            string // the group's ID
+	send             func(tea.Msg)
+	minWait, maxWait time.Duration
+
+	mu     sync.Mutex
+	cur    eventSource // the stream being read; nil between streams
+	closed bool        // stop was called
+}
+
+// run reads stream, then each stream reconnecting opens, until there is
+// none. It tells the screen when a stream ends (streamEndedMsg), when it
+// reconnected (reconnectedMsg) and when it gave up (groupGoneMsg).
+func (c *chatConn) run(stream eventSource) {
+	wait := c.minWait
+	for stream != nil {
+		if !c.setCurrent(stream) {
+			return
+		}
+		opened := time.Now()
+		pumpEvents(stream, c.send)
+		c.setCurrent(nil)
+		_ = stream.Close()
+		if c.dial == nil {
+			return
+		}
+		// A stream that stayed up a while ends a run of failures; one
+		// that ended at once does not reset the backoff, so a daemon
+		// that keeps dropping streams is not hammered.
+		if time.Since(opened) >= c.maxWait {
+			wait = c.minWait
+		}
+		stream, wait = c.reconnect(wait)
+	}
+}
+
+// reconnect retries until it has a stream into a daemon that has the
+// group. It returns nil when ctx ends or the group is gone, and the wait
+// to start from after the next failure.
+func (c *chatConn) reconnect(wait time.Duration) (eventSource, time.Duration) {
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	for {
+		select {
+		case <-c.ctx.Done():
+			return nil, wait
+		case <-timer.C:
+		}
+		wait = min(2*wait, c.maxWait)
+		since := time.Now()
+		api, stream, err := c.dial(c.ctx)
+		if err == nil {
+			ctx, cancel := context.WithTimeout(c.ctx, apiTimeout)
+			_, err = api.Group(ctx, c.group)
+			cancel()
+			if err == nil {
+				c.send(reconnectedMsg{api: api, since: since})
+				return stream, wait
+			}
+			_ = stream.Close()
+			if isNotFound(err) && c.ctx.Err() == nil {
+				c.send(groupGoneMsg{err: err})
+				return nil, wait
+			}
+		}
+		timer.Reset(wait)
+	}
+}
+
+// setCurrent records the stream being read; after stop it closes s and
+// reports false.
+func (c *chatConn) setCurrent(s eventSource) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed && s != nil {
+		_ = s.Close()
+		return false
+	}
+	c.cur = s
+	return true
+}
+
+// stop closes the stream being read and any opened later. Call it after
+// cancelling ctx.
+func (c *chatConn) stop() {
+	c.mu.Lock()
+	c.closed = true
+	s := c.cur
+	c.mu.Unlock()
+	if s != nil {
+		_ = s.Close()
+	}
+}
+
+// isNotFound reports whether the daemon answered 404: for a group, that it
+// has no such group.
+func isNotFound(err error) bool {
+	var ae *client.Error
+	return errors.As(err, &ae) && ae.Status == http.StatusNotFound
 }
 
 // pumpEvents sends each event of stream to the screen until the stream

@@ -20,11 +20,22 @@ type (
 	eventMsg struct{ ev *client.Event }
 	// streamEndedMsg: the event stream ended (daemon stopped, or quitting).
 	streamEndedMsg struct{ err error }
+	// reconnectedMsg: a new stream is open to a daemon that has the group;
+	// api talks to that daemon. Its events follow this message.
+	reconnectedMsg struct {
+		api   chatAPI
+		since time.Time // when the new stream was asked for
+	}
+	// groupGoneMsg: the daemon reconnected to has no such group any more;
+	// reconnecting stopped.
+	groupGoneMsg struct{ err error }
 	// historyMsg is the answer to a re-read of the group and its history.
 	historyMsg struct {
 		group *client.Group
 		msgs  []client.Message
 		gen   uint64 // chatModel.gen when the re-read was asked for
+		conn  uint64 // chatModel.conn when the re-read was asked for
+		quiet bool   // a re-read after reconnecting: "reconnected" said it
 		err   error
 	}
 	// sentMsg is the answer to sending text.
@@ -64,11 +75,17 @@ type chatModel struct {
 	entries []chatEntry
 	index   map[string]int // message id -> index in entries
 
-	lastEvent    uint64 // ID of the last event seen; 0 before the first
+	// lastEvent is the ID of the last event seen on the current stream,
+	// 0 before its first. IDs restart with each daemon, so it restarts
+	// with each stream; messages are told apart by their IDs instead.
+	lastEvent    uint64
 	gen          uint64 // bumped when an event changes group state
+	conn         uint64 // bumped at each reconnect
 	refetching   bool   // a re-read is in flight
 	refetchAgain bool   // another re-read is wanted when it answers
-	connLost     bool
+	againLoud    bool   // that one is for missed events, not a reconnect
+	connLost     bool   // the stream ended; reconnecting
+	gone         bool   // the daemon no longer has the group; not reconnecting
 
 	vp        viewport.Model
 	input     textinput.Model
@@ -149,6 +166,11 @@ func (m *chatModel) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 	case streamEndedMsg:
 		m.streamEnded()
 		return m, nil
+	case reconnectedMsg:
+		return m, m.reconnected(msg)
+	case groupGoneMsg:
+		m.groupGone(msg.err)
+		return m, nil
 	case historyMsg:
 		return m, m.applyHistory(msg)
 	case sentMsg:
@@ -175,13 +197,23 @@ func (m *chatModel) resize(w, h int) {
 }
 
 // submit sends what was typed; the input clears at once and gets the text
-// back if sending fails.
+// back if sending fails. Without a daemon to send to, the text stays.
 func (m *chatModel) submit() tea.Cmd {
 	text := strings.TrimSpace(m.input.Value())
-	m.input.Reset()
 	if text == "" {
+		m.input.Reset()
 		return nil
 	}
+	if m.gone || m.connLost {
+		why := "not sent: no connection to the daemon; reconnecting… (your text is kept)"
+		if m.gone {
+			why = "not sent: the daemon no longer has this group"
+		}
+		m.addSystem(why, time.Now(), true)
+		m.refresh(true)
+		return nil
+	}
+	m.input.Reset()
 	m.vp.GotoBottom()
 	api, ctx, gid := m.api, m.ctx, m.group.GroupID
 	return m.tasks.cmd(func() tea.Msg {
@@ -222,7 +254,7 @@ func (m *chatModel) applyEvent(ev *client.Event) tea.Cmd {
 	}
 	var cmd tea.Cmd
 	if m.lastEvent != 0 && ev.ID != m.lastEvent+1 {
-		cmd = m.requestRefetch()
+		cmd = m.requestRefetch(false)
 	}
 	m.lastEvent = ev.ID
 	if ev.GroupID != m.group.GroupID {
@@ -299,41 +331,95 @@ func (m *chatModel) markLeft(at time.Time) {
 	m.addSystem("you are no longer a member; history stays readable", at, false)
 }
 
+// streamEnded notes that the event stream ended; chatConn reconnects.
+// It says so once per outage, however many attempts it takes.
 func (m *chatModel) streamEnded() {
-	if m.ctx.Err() != nil || m.connLost {
-		return // quitting
+	if m.ctx.Err() != nil || m.connLost || m.gone {
+		return // quitting, or already said
 	}
 	m.connLost = true
-	m.addSystem("daemon connection lost", time.Now(), true)
+	m.addSystem("daemon connection lost — reconnecting…", time.Now(), true)
 	m.refresh(false)
 }
 
-// requestRefetch asks for the group and its history to be read again.
-func (m *chatModel) requestRefetch() tea.Cmd {
+// reconnected switches to the daemon reconnected to and re-reads the
+// group and its history: messages that arrived meanwhile appear, those
+// already shown are merged by ID.
+func (m *chatModel) reconnected(r reconnectedMsg) tea.Cmd {
+	if m.ctx.Err() != nil || m.gone {
+		return nil
+	}
+	m.api = r.api
+	m.since = r.since
+	// The new stream's IDs start again (from 1 if the daemon restarted):
+	// its first event is no gap, and none of it is a repeat by ID.
+	m.lastEvent = 0
+	// Re-reads still in flight went to the old connection; forget them.
+	m.conn++
+	m.refetching, m.refetchAgain, m.againLoud = false, false, false
+	if m.connLost {
+		m.connLost = false
+		m.addSystem("reconnected", time.Now(), false)
+		m.refresh(false)
+	}
+	return m.requestRefetch(true)
+}
+
+// groupGone notes that the daemon no longer has the group, once.
+func (m *chatModel) groupGone(err error) {
+	if m.ctx.Err() != nil || m.gone {
+		return
+	}
+	m.gone = true
+	m.connLost = false
+	line := "the daemon no longer has this group; not reconnecting (Esc quits)"
+	if err != nil {
+		line += ": " + oneLine(err)
+	}
+	m.addSystem(line, time.Now(), true)
+	m.refresh(false)
+}
+
+// requestRefetch asks for the group and its history to be read again;
+// quiet when reconnecting, which the screen already said.
+func (m *chatModel) requestRefetch(quiet bool) tea.Cmd {
 	if m.refetching {
 		m.refetchAgain = true
+		m.againLoud = m.againLoud || !quiet
 		return nil
 	}
 	m.refetching = true
-	api, ctx, gid, gen := m.api, m.ctx, m.group.GroupID, m.gen
+	api, ctx, gid, gen, conn := m.api, m.ctx, m.group.GroupID, m.gen, m.conn
 	return m.tasks.cmd(func() tea.Msg {
 		ctx, cancel := context.WithTimeout(ctx, apiTimeout)
 		defer cancel()
 		g, err := api.Group(ctx, gid)
 		if err != nil {
-			return historyMsg{err: err, gen: gen}
+			return historyMsg{err: err, gen: gen, conn: conn, quiet: quiet}
 		}
 		msgs, err := api.Messages(ctx, gid)
-		return historyMsg{group: g, msgs: msgs, gen: gen, err: err}
+		return historyMsg{group: g, msgs: msgs, gen: gen, conn: conn, quiet: quiet, err: err}
 	})
 }
 
 // applyHistory merges a re-read group and history into the screen.
 func (m *chatModel) applyHistory(h historyMsg) tea.Cmd {
+	if h.conn != m.conn {
+		return nil // asked of a connection since replaced
+	}
 	m.refetching = false
 	if h.err != nil {
-		m.refetchAgain = false
-		if m.ctx.Err() == nil {
+		m.refetchAgain, m.againLoud = false, false
+		switch {
+		case m.ctx.Err() != nil, m.gone:
+		case m.connLost:
+			// The daemon went away meanwhile; reconnecting re-reads.
+		case isNotFound(h.err):
+			m.groupGone(h.err)
+		case h.quiet:
+			m.addSystem("history could not be re-read after reconnecting: "+oneLine(h.err), time.Now(), true)
+			m.refresh(false)
+		default:
 			m.addSystem("some events were missed and history could not be re-read: "+oneLine(h.err), time.Now(), true)
 			m.refresh(false)
 		}
@@ -346,13 +432,17 @@ func (m *chatModel) applyHistory(h historyMsg) tea.Cmd {
 		// Group events arrived while reading: what was read may be older
 		// than what they said. Read again.
 		m.refetchAgain = true
+		m.againLoud = m.againLoud || !h.quiet
 	}
 	m.mergeHistory(h.msgs)
-	m.addSystem("some events were missed; history re-read", now, false)
+	if !h.quiet {
+		m.addSystem("some events were missed; history re-read", now, false)
+	}
 	m.refresh(false)
 	if m.refetchAgain {
-		m.refetchAgain = false
-		return m.requestRefetch()
+		quiet := !m.againLoud
+		m.refetchAgain, m.againLoud = false, false
+		return m.requestRefetch(quiet)
 	}
 	return nil
 }

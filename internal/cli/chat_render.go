@@ -69,8 +69,11 @@ func (m *chatModel) headerView() string {
 	}
 	// What is wrong comes first so that a narrow window still shows it.
 	parts := []string{sanitizeLine(m.group.Name)}
-	if m.connLost {
-		parts = append(parts, "offline")
+	switch {
+	case m.gone:
+		parts = append(parts, "group gone")
+	case m.connLost:
+		parts = append(parts, "offline, reconnecting")
 	}
 	if m.group.Left {
 		parts = append(parts, "not a member")

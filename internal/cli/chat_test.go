@@ -2,8 +2,10 @@ package cli
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -33,6 +35,7 @@ type fakeAPI struct {
 	group    client.Group
 	history  []client.Message
 	sendErr  error
+	groupErr error // answered by Group when set
 	groups   int
 	messages int
 	sent     []string
@@ -42,6 +45,9 @@ func (f *fakeAPI) Group(ctx context.Context, group string) (*client.Group, error
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.groups++
+	if f.groupErr != nil {
+		return nil, f.groupErr
+	}
 	g := f.group
 	return &g, nil
 }
@@ -62,6 +68,12 @@ func (f *fakeAPI) Send(ctx context.Context, group, text string) (*client.Message
 	}
 	return &client.Message{ID: selfID + "/" + text, Sender: selfID, Text: text, Status: "ok",
 		SentAt: time.Now().UTC().Format(time.RFC3339Nano)}, nil
+}
+
+func (f *fakeAPI) sends() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.sent)
 }
 
 func (f *fakeAPI) counts() (groups, messages int) {
@@ -436,14 +448,203 @@ func TestChatEventGapRefetchesHistory(t *testing.T) {
 }
 
 func TestChatStreamEnded(t *testing.T) {
-	m := newTestModel(t, &fakeAPI{}, nil)
+	var hist []client.Message
+	for i := range 60 {
+		hist = append(hist, okMsg("m"+strconv.Itoa(i), aliceID, "line "+strconv.Itoa(i), time.Now()))
+	}
+	m := newTestModel(t, &fakeAPI{}, hist)
 	m.Update(streamEndedMsg{err: io.EOF})
+	// Each failed attempt ends no stream, but a stream that ends again
+	// before the reconnect is announced must not repeat the line.
+	m.Update(streamEndedMsg{err: io.ErrUnexpectedEOF})
 	v := screen(m)
-	if !strings.Contains(v, "daemon connection lost") {
-		t.Errorf("no connection-lost line:\n%s", v)
+	if n := strings.Count(v, "daemon connection lost — reconnecting…"); n != 1 {
+		t.Errorf("connection-lost line shown %d times, want 1:\n%s", n, v)
+	}
+	if h := strings.Split(v, "\n")[0]; !strings.Contains(h, "offline") {
+		t.Errorf("header does not say offline: %q", h)
+	}
+	// The screen stays usable: scrolling and typing.
+	m.Update(tea.KeyMsg{Type: tea.KeyPgUp})
+	if v := screen(m); strings.Contains(v, "reconnecting…") || !strings.Contains(v, "line 3") {
+		t.Errorf("PgUp did not scroll while disconnected:\n%s", v)
+	}
+	m.Update(tea.KeyMsg{Type: tea.KeyCtrlEnd})
+	typeText(m, "draft")
+	if got := m.input.Value(); got != "draft" {
+		t.Errorf("input = %q while disconnected, want the typed text", got)
 	}
 	if _, cmd := m.Update(tea.KeyMsg{Type: tea.KeyEsc}); cmd == nil || cmd() != tea.Quit() {
 		t.Error("Esc does not quit after the connection is lost")
+	}
+}
+
+func TestChatSendWhileDisconnected(t *testing.T) {
+	api := &fakeAPI{}
+	m := newTestModel(t, api, nil)
+	m.Update(streamEndedMsg{err: io.EOF})
+	typeText(m, "do not lose me")
+	_, cmd := m.Update(tea.KeyMsg{Type: tea.KeyEnter})
+	for _, msg := range run(cmd) {
+		m.Update(msg)
+	}
+	if n := api.sends(); n != 0 {
+		t.Errorf("sent %d times while disconnected", n)
+	}
+	if got := m.input.Value(); got != "do not lose me" {
+		t.Errorf("input after a send while disconnected = %q, want the text kept", got)
+	}
+	v := screen(m)
+	i := lineWith(v, "not sent: no connection to the daemon")
+	if i < 0 {
+		t.Fatalf("no error line for the send:\n%s", v)
+	}
+	if lineWith(v, "do not lose me") != len(strings.Split(v, "\n"))-1 {
+		t.Errorf("text shown as a message, not kept in the input:\n%s", v)
+	}
+	// Once reconnected, Enter sends it.
+	m.Update(reconnectedMsg{api: api, since: time.Now()})
+	_, cmd = m.Update(tea.KeyMsg{Type: tea.KeyEnter})
+	for _, msg := range run(cmd) {
+		m.Update(msg)
+	}
+	if api.sends() != 1 || api.sent[0] != "do not lose me" {
+		t.Errorf("sent %q after reconnecting, want the kept text", api.sent)
+	}
+}
+
+func TestChatReconnect(t *testing.T) {
+	now := time.Now()
+	a1 := okMsg(aliceID+"/1", aliceID, "before the restart", now.Add(-3*time.Minute))
+	s1 := okMsg(selfID+"/1", selfID, "my old words", now.Add(-2*time.Minute))
+	old := &fakeAPI{}
+	m := newTestModel(t, old, []client.Message{a1, s1})
+	// The first daemon's events: IDs well past 1.
+	b1 := okMsg(bobID+"/1", bobID, "live before", now.Add(-time.Minute))
+	m.applyEvent(&client.Event{ID: 41, Kind: "message", GroupID: testGroupID, Message: &b1})
+	m.applyEvent(&client.Event{ID: 42, Kind: "key_rotated", GroupID: "another group", KeyID: keyB})
+	// A gap re-read is in flight when the daemon goes away.
+	stale := m.applyEvent(&client.Event{ID: 44, Kind: "key_rotated", GroupID: "another group", KeyID: keyB})
+	if stale == nil {
+		t.Fatal("gap did not ask for a re-read")
+	}
+	m.Update(streamEndedMsg{err: io.EOF})
+
+	// The restarted daemon has what arrived meanwhile, and the carol
+	// join; its token and port differ, so it is another client.
+	carol := "12D3KooWCarolCarolCarolCarolCarolCarolCarol0carol9"
+	away := okMsg(bobID+"/2", bobID, "sent while you were away", now.Add(-30*time.Second))
+	restarted := &fakeAPI{history: []client.Message{a1, s1, b1, away}}
+	restarted.group = testGroup()
+	restarted.group.Members = append(restarted.group.Members, client.Member{PeerID: carol, Role: "member"})
+	_, cmd := m.Update(reconnectedMsg{api: restarted, since: time.Now()})
+	if cmd == nil {
+		t.Fatal("reconnecting does not re-read the history")
+	}
+	v := screen(m)
+	assertOrder(t, v, "daemon connection lost — reconnecting…", "reconnected")
+	if h := strings.Split(v, "\n")[0]; strings.Contains(h, "offline") {
+		t.Errorf("header still offline: %q", h)
+	}
+
+	// The old connection's answer comes late and is ignored.
+	for _, msg := range run(stale) {
+		if _, again := m.Update(msg); again != nil {
+			t.Error("stale re-read asked for another")
+		}
+	}
+	for _, msg := range run(cmd) {
+		if _, again := m.Update(msg); again != nil {
+			t.Error("re-read after reconnecting asked for another")
+		}
+	}
+	if g, n := restarted.counts(); g != 1 || n != 1 {
+		t.Errorf("restarted daemon asked for the group %d and history %d times, want 1 and 1", g, n)
+	}
+	v = screen(m)
+	assertOrder(t, v, "before the restart", "my old words", "live before", "sent while you were away")
+	for _, text := range []string{"before the restart", "my old words", "live before", "sent while you were away"} {
+		if n := strings.Count(v, text); n != 1 {
+			t.Errorf("%q shown %d times:\n%s", text, n, v)
+		}
+	}
+	if !strings.Contains(v, "+ "+shortID(carol)+" joined") {
+		t.Errorf("join that happened while away not told:\n%s", v)
+	}
+	if strings.Contains(v, "missed") {
+		t.Errorf("reconnect reported as missed events:\n%s", v)
+	}
+
+	// The restarted daemon numbers its events from 1 again: they apply,
+	// and the first is no gap.
+	live := okMsg(bobID+"/3", bobID, "live after the restart", time.Now())
+	if cmd := m.applyEvent(&client.Event{ID: 1, Kind: "message", GroupID: testGroupID, Message: &live}); cmd != nil {
+		t.Error("first event of the new stream taken for a gap")
+	}
+	now2 := time.Now().UTC().Format(time.RFC3339Nano)
+	if cmd := m.applyEvent(&client.Event{ID: 2, Kind: "key_rotated", GroupID: testGroupID, KeyID: keyB, Time: now2}); cmd != nil {
+		t.Error("second event of the new stream taken for a gap")
+	}
+	// A repeat of a message already shown is merged by its ID.
+	m.applyEvent(&client.Event{ID: 3, Kind: "message", GroupID: testGroupID, Message: &away})
+	v = screen(m)
+	if n := strings.Count(v, "live after the restart"); n != 1 {
+		t.Errorf("new daemon's message shown %d times:\n%s", n, v)
+	}
+	if n := strings.Count(v, "sent while you were away"); n != 1 {
+		t.Errorf("repeated message shown %d times:\n%s", n, v)
+	}
+	if !strings.Contains(v, "key rotated → bbbb9999") {
+		t.Errorf("new daemon's key event not applied:\n%s", v)
+	}
+	if g, n := old.counts(); g != 1 || n != 1 {
+		t.Errorf("old connection read group %d and history %d times, want once each (the stale re-read)", g, n)
+	}
+
+	// A second outage is told again, once.
+	m.Update(streamEndedMsg{err: io.EOF})
+	m.Update(streamEndedMsg{err: io.EOF})
+	if n := strings.Count(screen(m), "daemon connection lost — reconnecting…"); n != 2 {
+		t.Errorf("connection-lost line shown %d times after two outages, want 2", n)
+	}
+}
+
+func TestChatReconnectGroupGone(t *testing.T) {
+	api := &fakeAPI{}
+	m := newTestModel(t, api, nil)
+	m.Update(streamEndedMsg{err: io.EOF})
+	m.Update(groupGoneMsg{err: &client.Error{Status: 404, Message: "unknown group " + testGroupID}})
+	m.Update(streamEndedMsg{err: io.EOF})
+	v := screen(m)
+	if n := strings.Count(v, "the daemon no longer has this group; not reconnecting"); n != 1 {
+		t.Errorf("group-gone line shown %d times:\n%s", n, v)
+	}
+	if n := strings.Count(v, "connection lost"); n != 1 {
+		t.Errorf("connection-lost line shown %d times:\n%s", n, v)
+	}
+	if h := strings.Split(v, "\n")[0]; !strings.Contains(h, "group gone") || strings.Contains(h, "reconnecting") {
+		t.Errorf("header = %q, want it to say the group is gone", h)
+	}
+	typeText(m, "hello?")
+	_, cmd := m.Update(tea.KeyMsg{Type: tea.KeyEnter})
+	run(cmd)
+	if api.sends() != 0 || m.input.Value() != "hello?" {
+		t.Errorf("send with the group gone: sent %q, input %q", api.sent, m.input.Value())
+	}
+	if !strings.Contains(screen(m), "not sent: the daemon no longer has this group") {
+		t.Errorf("no error line for the send:\n%s", screen(m))
+	}
+
+	// The same, found by the re-read after reconnecting.
+	m = newTestModel(t, &fakeAPI{}, nil)
+	m.Update(streamEndedMsg{err: io.EOF})
+	gone := &fakeAPI{groupErr: &client.Error{Status: 404, Message: "unknown group " + testGroupID}}
+	_, cmd = m.Update(reconnectedMsg{api: gone, since: time.Now()})
+	for _, msg := range run(cmd) {
+		m.Update(msg)
+	}
+	if v := screen(m); !strings.Contains(v, "the daemon no longer has this group") {
+		t.Errorf("404 on the re-read after reconnecting not told as the group gone:\n%s", v)
 	}
 }
 
@@ -581,7 +782,8 @@ func TestChatScreenRuns(t *testing.T) {
 	e := &env{stdin: inR, stdout: out, stderr: io.Discard}
 
 	done := make(chan error, 1)
-	go func() { done <- runChatScreen(e, m, stream, cancel) }()
+	dialer := &fakeDialer{}
+	go func() { done <- runChatScreen(e, m, stream, dialer.dial, cancel) }()
 
 	waitFor := func(what string, cond func() bool) {
 		t.Helper()
@@ -627,37 +829,282 @@ func TestChatScreenRuns(t *testing.T) {
 		t.Error("context not cancelled after the screen quit")
 	}
 	inW.Close()
+	if n := dialer.count(); n != 0 {
+		t.Errorf("reconnected %d times without the stream ending", n)
+	}
 }
 
-func TestChatScreenStreamEnds(t *testing.T) {
-	api := &fakeAPI{}
+// fakeDialer is a chatDialer that records its calls and answers with fn
+// (n counts calls from 1); without fn it fails like a stopped daemon.
+type fakeDialer struct {
+	mu    sync.Mutex
+	calls []time.Time
+	fn    func(n int) (chatAPI, eventSource, error)
+}
+
+func (d *fakeDialer) dial(ctx context.Context) (chatAPI, eventSource, error) {
+	d.mu.Lock()
+	d.calls = append(d.calls, time.Now())
+	n := len(d.calls)
+	d.mu.Unlock()
+	if d.fn == nil {
+		return nil, nil, client.ErrDaemonNotRunning
+	}
+	return d.fn(n)
+}
+
+func (d *fakeDialer) count() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.calls)
+}
+
+func (d *fakeDialer) gaps() []time.Duration {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []time.Duration
+	for i := 1; i < len(d.calls); i++ {
+		out = append(out, d.calls[i].Sub(d.calls[i-1]))
+	}
+	return out
+}
+
+// waitUntil polls cond every 5 ms until it holds or 5 s pass.
+func waitUntil(t *testing.T, what string, cond func() bool, detail func() string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s; %s", what, detail())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// startScreen runs runChatScreen on m in the background, with pipes.
+func startScreen(t *testing.T, m *chatModel, stream eventSource, d *fakeDialer, cancel context.CancelFunc) (out *syncBuffer, quit func() error) {
+	t.Helper()
+	out = &syncBuffer{}
+	m.st = newChatStyles(lipgloss.NewRenderer(out))
+	inR, inW := io.Pipe()
+	t.Cleanup(func() { inW.Close() })
+	done := make(chan error, 1)
+	go func() {
+		done <- runChatScreen(&env{stdin: inR, stdout: out, stderr: io.Discard}, m, stream, d.dial, cancel)
+	}()
+	return out, func() error {
+		t.Helper()
+		if _, err := inW.Write([]byte{0x03}); err != nil { // Ctrl+C
+			t.Fatal(err)
+		}
+		select {
+		case err := <-done:
+			// bubbletea's reader of a pipe ends when the pipe does.
+			inW.Close()
+			return err
+		case <-time.After(5 * time.Second):
+			t.Fatal("Ctrl+C did not end the screen")
+			return nil
+		}
+	}
+}
+
+func plain(b *syncBuffer) func() string {
+	return func() string { return "output:\n" + ansiRE.ReplaceAllString(b.String(), "") }
+}
+
+// sysLines counts the system lines of m whose text contains s.
+func sysLines(m *chatModel, s string) int {
+	n := 0
+	for _, e := range m.entries {
+		if e.msg == nil && strings.Contains(e.sys, s) {
+			n++
+		}
+	}
+	return n
+}
+
+// TestChatScreenReconnects runs the real screen: the stream ends, two
+// attempts fail, the third reaches a "restarted" daemon whose history has
+// a message sent meanwhile and whose events start again at 1.
+func TestChatScreenReconnects(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	g := testGroup()
+	old := &fakeAPI{group: g}
+	hist := okMsg(aliceID+"/1", aliceID, "hi from history", time.Now().Add(-time.Minute))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	m := newChatModel(ctx, old, selfID, &g, []client.Message{hist}, newChatStyles(lipgloss.NewRenderer(io.Discard)))
+	stream1, stream2 := newFakeStream(), newFakeStream()
+	restarted := &fakeAPI{group: g, history: []client.Message{hist, okMsg(bobID+"/1", bobID, "sent while away", time.Now())}}
+	d := &fakeDialer{fn: func(n int) (chatAPI, eventSource, error) {
+		if n < 3 {
+			return nil, nil, client.ErrDaemonNotRunning
+		}
+		return restarted, stream2, nil
+	}}
+	out, quit := startScreen(t, m, stream1, d, cancel)
+	waitUntil(t, "history", func() bool { return strings.Contains(out.String(), "hi from history") }, plain(out))
+
+	start := time.Now()
+	stream1.Close() // the daemon stopped
+	waitUntil(t, "connection-lost line", func() bool { return strings.Contains(out.String(), "daemon connection lost — reconnecting…") }, plain(out))
+	waitUntil(t, "reconnected", func() bool {
+		s := out.String()
+		return strings.Contains(s, "reconnected") && strings.Contains(s, "sent while away")
+	}, plain(out))
+	t.Logf("reconnected after %v and %d attempts", time.Since(start).Round(time.Millisecond), d.count())
+
+	live := okMsg(bobID+"/2", bobID, "live from the new daemon", time.Now())
+	select {
+	case stream2.c <- &client.Event{ID: 1, Kind: "message", GroupID: testGroupID, Message: &live}:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the new stream is not read")
+	}
+	waitUntil(t, "live event", func() bool { return strings.Contains(out.String(), "live from the new daemon") }, plain(out))
+
+	if err := quit(); err != nil {
+		t.Fatalf("screen: %v", err)
+	}
+	select {
+	case <-stream2.closed:
+	default:
+		t.Error("new stream not closed after the screen quit")
+	}
+	// The program has returned: its model can be read.
+	if n := sysLines(m, "daemon connection lost"); n != 1 {
+		t.Errorf("connection-lost line shown %d times over %d attempts, want 1", n, d.count())
+	}
+	if n := sysLines(m, "reconnected"); n != 1 {
+		t.Errorf("reconnected line shown %d times, want 1", n)
+	}
+	if d.count() != 3 {
+		t.Errorf("dialed %d times, want 3", d.count())
+	}
+	gaps := d.gaps()
+	if len(gaps) == 2 && (gaps[0] < reconnectMinWait*2 || gaps[1] < reconnectMinWait*4) {
+		t.Errorf("waits between attempts %v, want at least %v and %v", gaps, reconnectMinWait*2, reconnectMinWait*4)
+	}
+	if n := strings.Count(screen(m), "sent while away"); n != 1 {
+		t.Errorf("message from the re-read shown %d times", n)
+	}
+}
+
+// TestChatScreenQuitWhileReconnecting: quitting during the retries ends
+// them; nothing is left running.
+func TestChatScreenQuitWhileReconnecting(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	g := testGroup()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	out := &syncBuffer{}
-	m := newChatModel(ctx, api, selfID, &g, nil, newChatStyles(lipgloss.NewRenderer(out)))
+	m := newChatModel(ctx, &fakeAPI{group: g}, selfID, &g, nil, newChatStyles(lipgloss.NewRenderer(io.Discard)))
 	stream := newFakeStream()
-	inR, inW := io.Pipe()
-	defer inW.Close()
-	done := make(chan error, 1)
-	go func() { done <- runChatScreen(&env{stdin: inR, stdout: out, stderr: io.Discard}, m, stream, cancel) }()
-
-	stream.Close() // the daemon went away
-	deadline := time.Now().Add(5 * time.Second)
-	for !strings.Contains(out.String(), "daemon connection lost") {
-		if time.Now().After(deadline) {
-			t.Fatalf("no connection-lost line; output:\n%s", ansiRE.ReplaceAllString(out.String(), ""))
-		}
-		time.Sleep(10 * time.Millisecond)
+	d := &fakeDialer{}
+	out, quit := startScreen(t, m, stream, d, cancel)
+	stream.Close()
+	waitUntil(t, "two failed attempts", func() bool { return d.count() >= 2 }, plain(out))
+	if !strings.Contains(out.String(), "daemon connection lost — reconnecting…") {
+		t.Errorf("no connection-lost line; %s", plain(out)())
 	}
-	inW.Write([]byte{0x03})
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
+	start := time.Now()
+	if err := quit(); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("quitting while reconnecting took %v", took)
+	}
+	if n := sysLines(m, "daemon connection lost"); n != 1 {
+		t.Errorf("connection-lost line shown %d times over %d attempts, want 1", n, d.count())
+	}
+}
+
+// TestChatConnBackoffAndGiveUp runs the reconnect loop alone: the waits
+// double up to the cap, a reconnect is announced before the new stream's
+// events, and a daemon without the group ends the loop.
+func TestChatConnBackoffAndGiveUp(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const minWait, maxWait = 25 * time.Millisecond, 100 * time.Millisecond
+	stream1, stream2, stream3 := newFakeStream(), newFakeStream(), newFakeStream()
+	up := &fakeAPI{group: testGroup()}
+	gone := &fakeAPI{groupErr: &client.Error{Status: 404, Message: "unknown group " + testGroupID}}
+	d := &fakeDialer{fn: func(n int) (chatAPI, eventSource, error) {
+		switch {
+		case n < 6:
+			return nil, nil, client.ErrDaemonNotRunning
+		case n == 6:
+			return up, stream2, nil
+		default:
+			return gone, stream3, nil
 		}
+	}}
+	var mu sync.Mutex
+	var got []tea.Msg
+	msgs := func() []tea.Msg {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(got)
+	}
+	c := &chatConn{ctx: ctx, dial: d.dial, group: testGroupID, minWait: minWait, maxWait: maxWait,
+		send: func(msg tea.Msg) { mu.Lock(); got = append(got, msg); mu.Unlock() }}
+	done := make(chan struct{})
+	go func() { defer close(done); c.run(stream1) }()
+
+	stream1.Close()
+	waitUntil(t, "reconnect", func() bool { return d.count() >= 6 }, func() string { return "" })
+	ev := &client.Event{ID: 1, Kind: "message", GroupID: testGroupID}
+	select {
+	case stream2.c <- ev:
 	case <-time.After(5 * time.Second):
-		t.Fatal("screen did not quit after the stream ended")
+		t.Fatal("new stream not read")
+	}
+	stream2.Close()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("loop still running after the group was found gone; dialed %d times", d.count())
+	}
+	select {
+	case <-stream3.closed:
+	default:
+		t.Error("stream into the daemon without the group left open")
+	}
+	if n := d.count(); n != 7 {
+		t.Errorf("dialed %d times, want 7", n)
+	}
+	// Waits: 25, 50, 100, 100, 100 ms (capped), then, the new stream
+	// having ended at once, the cap again.
+	want := []time.Duration{2 * minWait, 4 * minWait, maxWait, maxWait, maxWait}
+	gaps := d.gaps()
+	for i, w := range want {
+		if gaps[i] < w {
+			t.Errorf("wait before attempt %d was %v, want at least %v (all: %v)", i+2, gaps[i], w, gaps)
+		}
+	}
+	if gaps[3] > 3*maxWait || gaps[4] > 3*maxWait {
+		t.Errorf("waits not capped at %v: %v", maxWait, gaps)
+	}
+	var kinds []string
+	for _, msg := range msgs() {
+		switch msg := msg.(type) {
+		case streamEndedMsg:
+			kinds = append(kinds, "ended")
+		case reconnectedMsg:
+			if msg.api != up {
+				t.Errorf("reconnected with api %p, want the new daemon's", msg.api)
+			}
+			kinds = append(kinds, "reconnected")
+		case eventMsg:
+			kinds = append(kinds, "event")
+		case groupGoneMsg:
+			kinds = append(kinds, "gone")
+		default:
+			kinds = append(kinds, fmt.Sprintf("%T", msg))
+		}
+	}
+	if got, want := strings.Join(kinds, " "), "ended reconnected event ended gone"; got != want {
+		t.Errorf("loop told the screen %q, want %q", got, want)
 	}
 }
 
