@@ -137,6 +137,8 @@ func runMicro(cfg *config, res *results, _ *plotData) {
 			stdRecv + "; p2pchat: gossip.OpenEnvelope then Envelope.Open"},
 		{"verify + open vs voi floor", "BenchmarkPerMessageVerifyOpen", "BenchmarkPerMessageFloorVerifyVoi",
 			voiRecv + "; p2pchat: gossip.OpenEnvelope then Envelope.Open"},
+		{"verify + open, envelopes of a batch, vs voi floor", "BenchmarkPerMessageVerifyOpenBatch", "BenchmarkPerMessageFloorVerifyVoi",
+			voiRecv + "; p2pchat: one topic message carrying a sender's batch (64 × 256 B, or as many 4 KiB as fit), signatures verified as one batch, then each decrypted; per envelope"},
 		{"topic decode + verify (gossip.DecodeInbound)", "BenchmarkPerMessageDecodeInbound", "BenchmarkPerMessageFloorVerifyOpen",
 			stdRecv + "; p2pchat: the validator's decode step on the topic message bytes, no decryption"},
 		{"validator (decode + verify + policy)", "BenchmarkPerMessageValidator", "BenchmarkPerMessageFloorVerifyOpen",
