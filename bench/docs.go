@@ -145,6 +145,16 @@ still signed on its own and the receivers checking the signatures as one batch; 
 spell leaves at once, so the paced stream is never batched. The reference shows what batching
 contributes to the unpaced rows; it carries no target.
 
+**Latency breakdown.** One more paced stream per side (10 nodes, 256 B, same pacing and
+warm-up), with a GossipSub tracer (`+"`pubsub.WithRawTracer`"+`; p2pchat nodes get it through
+`+"`node.Config.PubSubOptions`"+`) on every node, so the numbers with targets are never measured with
+tracing on. Per (receiver, message): *Send/Publish call → first copy queued* is the call start to
+the origin's first `+"`SendRPC`"+` of that message; *→ received* is to the receiver's first
+`+"`RecvRPC`"+` carrying it; *→ delivered by GossipSub* is to its `+"`DeliverMessage`"+` (for p2pchat this
+holds the topic validator and the hop back to GossipSub's loop); *→ shown* is to the delivery the
+other rows time (raw: the subscriber's read; p2pchat: `+"`Event.Time`"+`). Messages are matched by
+payload index (raw) or envelope sequence number (p2pchat).
+
 **Rotation.** Group of n members *after* the removal (admin + n−1), so n−1 key transfers are the
 minimum. The admin calls `+"`Remove`"+` on an (n+1)-th member; the time runs until every one of the
 n remaining holds the new key (`+"`Group.HasKey`"+`, polled every 2 ms). Key transfers = the sum
