@@ -84,7 +84,9 @@
 //     joins F', except a remove o (of Y)
 //     that lies on a removal cycle with R: A is reachable from Y (Y == A
 //     included) in the graph whose edges are the effective removes
-//     (author → target). Leave ops filter nothing.
+//     (author → target) that are not in o's causal past (a removal o's
+//     author had already seen is history, not a conflict). Leave ops
+//     filter nothing.
 //  3. If F' = F, stop. Otherwise F = F' and repeat from 1, for at most
 //     |V|+3 rounds. Should F never settle, the monotone variant decides:
 //     start again from F empty and in step 2 add to F instead of replacing

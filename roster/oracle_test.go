@@ -155,13 +155,19 @@ func (o *oracle) resolve() (eff map[OpID]bool, members map[peer.ID]Role) {
 	}
 	// filterOf adds to F what the effective removes of eff filter.
 	filterOf := func(eff, F map[OpID]bool) bool {
-		edges := map[peer.ID][]peer.ID{}
+		type edge struct {
+			to peer.ID
+			op OpID
+		}
+		edges := map[peer.ID][]edge{}
 		for id := range eff {
 			if op := o.ops[id]; eff[id] && op.Kind == KindRemove {
-				edges[op.Author] = append(edges[op.Author], op.Member)
+				edges[op.Author] = append(edges[op.Author], edge{op.Member, id})
 			}
 		}
-		reachable := func(from, to peer.ID) bool {
+		// reachable: from reaches to through effective removes outside the
+		// causal past of op notBefore.
+		reachable := func(from, to peer.ID, notBefore OpID) bool {
 			seen := map[peer.ID]bool{from: true}
 			stack := []peer.ID{from}
 			for len(stack) > 0 {
@@ -170,10 +176,10 @@ func (o *oracle) resolve() (eff map[OpID]bool, members map[peer.ID]Role) {
 				if x == to {
 					return true
 				}
-				for _, y := range edges[x] {
-					if !seen[y] {
-						seen[y] = true
-						stack = append(stack, y)
+				for _, e := range edges[x] {
+					if !seen[e.to] && !o.before(e.op, notBefore) {
+						seen[e.to] = true
+						stack = append(stack, e.to)
 					}
 				}
 			}
@@ -189,7 +195,7 @@ func (o *oracle) resolve() (eff map[OpID]bool, members map[peer.ID]Role) {
 				if op.Author != R.Member || !o.concurrent(oid, rid) || F[oid] {
 					continue
 				}
-				if op.Kind == KindRemove && reachable(op.Member, R.Author) {
+				if op.Kind == KindRemove && reachable(op.Member, R.Author, oid) {
 					continue
 				}
 				F[oid] = true

@@ -176,37 +176,45 @@ func (r *Roster) authorityPass(in func(int) bool, filtered, eff []bool) {
 // concurrent with an effective removal of it, except removes on a removal
 // cycle. It reports whether filtered grew.
 func (r *Roster) strongRemovalPass(in func(int) bool, filtered, eff []bool) bool {
-	// Graph of effective removes, author -> targets.
-	edges := make(map[peer.ID][]peer.ID)
+	// Graph of effective removes: author -> (target, op index).
+	type edge struct {
+		to peer.ID
+		op int
+	}
+	edges := make(map[peer.ID][]edge)
 	var removes []int
 	for i, nd := range r.nodes {
 		if eff[i] && nd.op.Kind == KindRemove {
-			edges[nd.op.Author] = append(edges[nd.op.Author], nd.op.Member)
+			edges[nd.op.Author] = append(edges[nd.op.Author], edge{nd.op.Member, i})
 			removes = append(removes, i)
 		}
 	}
 	if len(removes) == 0 {
 		return false
 	}
-	reachFrom := make(map[peer.ID]map[peer.ID]bool)
-	reaches := func(from, to peer.ID) bool {
-		set, ok := reachFrom[from]
-		if !ok {
-			set = map[peer.ID]bool{from: true}
-			queue := []peer.ID{from}
-			for len(queue) > 0 {
-				x := queue[0]
-				queue = queue[1:]
-				for _, y := range edges[x] {
-					if !set[y] {
-						set[y] = true
-						queue = append(queue, y)
-					}
+	// onCycle reports whether remove o (of y) closes a removal cycle with a
+	// removal by remover: remover is reachable from y through effective
+	// removes none of which is in o's causal past. A removal o's author had
+	// already seen (and that was undone, or o could not be effective) is
+	// history, not a concurrent conflict.
+	onCycle := func(o int, y, remover peer.ID) bool {
+		anc := r.nodes[o].anc
+		seen := map[peer.ID]bool{y: true}
+		queue := []peer.ID{y}
+		for len(queue) > 0 {
+			x := queue[0]
+			queue = queue[1:]
+			if x == remover {
+				return true
+			}
+			for _, e := range edges[x] {
+				if !seen[e.to] && !anc.has(e.op) {
+					seen[e.to] = true
+					queue = append(queue, e.to)
 				}
 			}
-			reachFrom[from] = set
 		}
-		return set[to]
+		return false
 	}
 
 	grew := false
@@ -221,7 +229,7 @@ func (r *Roster) strongRemovalPass(in func(int) bool, filtered, eff []bool) bool
 			if on.anc.has(ri) || rn.anc.has(oi) {
 				continue // not concurrent
 			}
-			if on.op.Kind == KindRemove && reaches(on.op.Member, remover) {
+			if on.op.Kind == KindRemove && onCycle(oi, on.op.Member, remover) {
 				continue // on a removal cycle with R
 			}
 			filtered[oi] = true

@@ -286,6 +286,22 @@ func TestRules(t *testing.T) {
 			want: map[int]Role{alice: A, carol: A, dave: M},
 		},
 		{
+			name: "an old removal does not make a cycle",
+			steps: []step{
+				{"a1", KindAdd, alice, bob, A, []string{"c"}, true},
+				{"a2", KindAdd, alice, carol, A, []string{"a1"}, true},
+				{"a3", KindAdd, alice, dave, A, []string{"a2"}, true},
+				{"r0", KindRemove, alice, dave, 0, []string{"a3"}, true},
+				{"a4", KindAdd, carol, dave, A, []string{"r0"}, true}, // dave is back
+				{"r1", KindRemove, dave, bob, 0, []string{"a4"}, true},
+				{"r2", KindRemove, bob, alice, 0, []string{"a4"}, false}, // ∥ r1
+			},
+			// alice→dave (r0) is in r2's past, undone by a4: dave→bob→alice
+			// is no removal cycle, so bob's removal concurrent with his own
+			// is filtered and alice stays.
+			want: map[int]Role{alice: A, carol: A, dave: A},
+		},
+		{
 			name: "removal causally after an op does not filter it",
 			steps: []step{
 				{"a1", KindAdd, alice, bob, A, []string{"c"}, true},
