@@ -129,9 +129,9 @@ then the *paced* stream: %d messages, one every %v (%d msg/s); latency = Send/Pu
 start → delivery, over every (receiver, message) pair; throughput = deliveries ÷ (first send →
 last delivery). Then the *unpaced burst*: %d messages back to back from one goroutine; delivered
 fraction within %v of the last send, time to complete = first send → last delivery, and unpaced
-throughput from the same run. The 10-node configurations (the ones with targets) run twice, raw and
+throughput from the same run. The 10-node configurations (the ones with targets) run four times, raw and
 p2pchat alternating, each time on freshly built clusters; latency samples are pooled, throughput is the
-mean of the two rounds, time to complete the worst. Payload = message text for p2pchat and the raw bytes for raw:
+mean of the rounds, time to complete the worst. Payload = message text for p2pchat and the raw bytes for raw:
 the same bytes, so p2pchat's wire messages are larger by its envelope (signature, nonce, tag,
 roster heads). A second set repeats 10 nodes / 256 B with every p2pchat node on an on-disk
 store (the daemon's configuration: badger with synced writes, in directories under os.TempDir(); all

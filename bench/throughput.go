@@ -456,11 +456,11 @@ func runThroughput(cfg *config, res *results, plots *plotData) {
 		for _, size := range []int{256, 4096} {
 			label := fmt.Sprintf("%d nodes, %s", n, sizeLabel(size))
 			tenNodes := n == 10
-			// The configurations that carry targets run twice, raw and
+			// The configurations that carry targets run four times, raw and
 			// p2pchat alternating, and pool their samples.
 			rounds := 1
 			if tenNodes && !cfg.quick {
-				rounds = 2
+				rounds = 4
 			}
 			withSigned := n == cfg.nodeCounts[0] && size == 256
 			var raw, p2p, signed, unbatched sideRuns
