@@ -496,10 +496,12 @@ func (g *Group) storeKeyLocked(k *keyring.Key) (bool, error) {
 	return g.ring.Add(k), nil
 }
 
-// Send encrypts text under the group's sending key, stores it and publishes
-// it. A member that just joined first waits (briefly) for the epoch key its
-// adder derived for it. With no qualifying key it generates one for the
-// current roster and sends it to every member.
+// Send encrypts text under the group's sending key, signs and stores it
+// (durably, before it returns) and queues it for publishing: at once after
+// a quiet spell, or with the sends queued behind it (Params.PublishBatch,
+// PublishInterval). A member that just joined first waits (briefly) for the
+// epoch key its adder derived for it. With no qualifying key it generates
+// one for the current roster and sends it to every member.
 func (g *Group) Send(ctx context.Context, text string) (*Message, error) {
 	if len(text) > gossip.MaxTextSize {
 		return nil, fmt.Errorf("%w: text of %d bytes exceeds %d", ErrTooLarge, len(text), gossip.MaxTextSize)
