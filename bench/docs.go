@@ -80,7 +80,8 @@ func writeDocsFiles(cfg *config, rows []row, plots *plotData, total time.Duratio
 	b.WriteString("go run ./bench                      # every scenario; prints the table (under 10 minutes on 2 cores)\n")
 	b.WriteString("go run ./bench --write-docs         # ...and rewrites this file and docs/bench/*.svg\n")
 	b.WriteString("go run ./bench -quick               # smoke run (smaller sizes, fewer samples)\n")
-	b.WriteString("go run ./bench -only rotation       # a subset: daemon, memory, delivery, rotation, selfheal, catchup, micro\n")
+	b.WriteString("go run ./bench -only rotation       # a subset: daemon, memory, delivery, breakdown, rotation, selfheal, catchup, micro\n")
+	b.WriteString("go run ./bench -only delivery -nodes 10  # only the 10-node delivery runs\n")
 	b.WriteString("go run ./bench -only delivery -cpuprofile cpu.out && go tool pprof -top cpu.out\n")
 	b.WriteString("```\n\n")
 

@@ -94,7 +94,7 @@ var scenarios = []scenario{
 }
 
 func main() {
-	only := flag.String("only", "", "comma-separated scenarios to run: daemon, memory, delivery (throughput, latency, burst), rotation, selfheal, catchup")
+	only := flag.String("only", "", "comma-separated scenarios to run: daemon, memory, delivery (throughput, latency, burst), breakdown, rotation, selfheal, catchup, micro")
 	quick := flag.Bool("quick", false, "smoke run: fewer nodes, messages and samples")
 	writeDocs := flag.Bool("write-docs", false, "write docs/benchmarks.md and docs/bench/*.svg")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
@@ -236,7 +236,11 @@ func selectScenarios(only string) ([]scenario, error) {
 			}
 		}
 		if !found {
-			return nil, fmt.Errorf("unknown scenario %q (have daemon, memory, delivery, rotation, selfheal, catchup)", w)
+			names := make([]string, len(scenarios))
+			for i, sc := range scenarios {
+				names[i] = sc.name
+			}
+			return nil, fmt.Errorf("unknown scenario %q (have %s)", w, strings.Join(names, ", "))
 		}
 	}
 	var out []scenario
