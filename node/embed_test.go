@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -11,6 +12,8 @@ import (
 	pb "github.com/libp2p/go-libp2p-pubsub/pb"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
 	ma "github.com/multiformats/go-multiaddr"
 
@@ -95,3 +98,64 @@ func TestEmbedded(t *testing.T) {
 	}
 	_ = topic.Close()
 }
+
+// deliveryCounter is a GossipSub tracer that counts delivered messages.
+type deliveryCounter struct {
+	pubsub.RawTracer
+	mu        sync.Mutex
+	delivered int
+}
+
+func (d *deliveryCounter) DeliverMessage(*pubsub.Message) {
+	d.mu.Lock()
+	d.delivered++
+	d.mu.Unlock()
+}
+
+func (d *deliveryCounter) count() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.delivered
+}
+
+// TestPubSubOptions: Config.PubSubOptions reach the router a node creates
+// (here a tracer that sees the group's messages delivered).
+func TestPubSubOptions(t *testing.T) {
+	tracer := &deliveryCounter{RawTracer: noopTracer{}}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	n, err := New(ctx, Config{ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"}, Params: testParams,
+		PubSubOptions: []pubsub.Option{pubsub.WithRawTracer(tracer)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &testNode{Node: n, t: t, rec: newRecorder(n)}
+	t.Cleanup(func() { a.Close() })
+	b := newTestNode(t, "")
+	gid := formGroup(t, []*testNode{a, b})
+	b.send(gid, "traced")
+	eventually(t, 10*time.Second, "a reads the message", func() bool { return len(a.rec.readable(gid)) == 1 })
+	if tracer.count() == 0 {
+		t.Fatal("the tracer passed in Config.PubSubOptions saw no delivery")
+	}
+}
+
+// noopTracer implements pubsub.RawTracer doing nothing.
+type noopTracer struct{}
+
+func (noopTracer) OnNewOutboundStream(peer.ID, protocol.ID)             {}
+func (noopTracer) OnClosedOutboundStream(peer.ID)                       {}
+func (noopTracer) Join(string)                                          {}
+func (noopTracer) Leave(string)                                         {}
+func (noopTracer) Graft(peer.ID, string)                                {}
+func (noopTracer) Prune(peer.ID, string)                                {}
+func (noopTracer) ValidateMessage(*pubsub.Message)                      {}
+func (noopTracer) DeliverMessage(*pubsub.Message)                       {}
+func (noopTracer) RejectMessage(*pubsub.Message, string)                {}
+func (noopTracer) DuplicateMessage(*pubsub.Message)                     {}
+func (noopTracer) ThrottlePeer(peer.ID)                                 {}
+func (noopTracer) RecvRPC(*pubsub.RPC)                                  {}
+func (noopTracer) SendRPC(*pubsub.RPC, peer.ID)                         {}
+func (noopTracer) SendRPCCompleted(*pubsub.RPC, peer.ID, time.Duration) {}
+func (noopTracer) DropRPC(*pubsub.RPC, peer.ID)                         {}
+func (noopTracer) UndeliverableMessage(*pubsub.Message)                 {}
