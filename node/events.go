@@ -203,6 +203,11 @@ func (s *Subscription) pump() {
 	}
 }
 
+// maxEarlyEvents bounds the events kept for a first subscriber that has not
+// come yet: enough for groups starting inside New, small enough that a
+// program that never subscribes does not hold on to a history of messages.
+const maxEarlyEvents = 1024
+
 // hub fans events out to subscriptions.
 type hub struct {
 	mu   sync.Mutex
@@ -246,7 +251,7 @@ func (h *hub) publish(e Event) {
 	e.Seq = h.seq
 	e.Time = time.Now()
 	if !h.subscribed {
-		if len(h.early) >= maxQueuedEvents {
+		if len(h.early) >= maxEarlyEvents {
 			h.early = h.early[1:]
 		}
 		h.early = append(h.early, e)

@@ -343,8 +343,8 @@ func (n *Node) Host() host.Host { return n.host }
 
 // Subscribe returns a subscription to every event of this node from now
 // on. The first subscription also gets the events emitted before it (up to
-// the subscription backlog), so a program that subscribes right after New
-// misses nothing its groups did while starting.
+// the latest 1024), so a program that subscribes right after New misses
+// nothing its groups did while starting.
 func (n *Node) Subscribe() *Subscription { return n.events.subscribe() }
 
 // Close stops every group, the protocol handlers and, when the node created
