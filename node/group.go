@@ -274,13 +274,13 @@ func (g *Group) expectsDerivedKeyLocked() bool {
 func (g *Group) offerKey(p peer.ID) {
 	g.mu.Lock()
 	k := g.sendingKeyLocked()
-	if k == nil || !k.Meta.IsRecipient(p) || !g.roster.State().IsMember(p) {
+	if k == nil || !k.Meta.IsRecipient(p) || !g.roster.IsMember(p) {
 		g.mu.Unlock()
 		return
 	}
 	var holders []peer.ID
 	for _, r := range k.Meta.Recipients {
-		if r != p && g.roster.State().IsMember(r) {
+		if r != p && g.roster.IsMember(r) {
 			holders = append(holders, r)
 		}
 	}
@@ -353,7 +353,7 @@ func (g *Group) IsMember(p peer.ID) bool { return g.isMember(p) }
 func (g *Group) isMember(p peer.ID) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return g.roster.State().IsMember(p)
+	return g.roster.IsMember(p)
 }
 
 // Peers lists connected peers subscribed to the group's topic.
@@ -508,7 +508,7 @@ func (g *Group) Send(ctx context.Context, text string) (*Message, error) {
 	}
 	g.awaitExpectedKey(ctx)
 	g.mu.Lock()
-	if g.left || !g.roster.State().IsMember(g.n.self) {
+	if g.left || !g.roster.IsMember(g.n.self) {
 		g.mu.Unlock()
 		return nil, fmt.Errorf("%w of group %s", ErrNotMember, g.id.ShortString())
 	}
@@ -791,7 +791,7 @@ func (g *Group) Remove(ctx context.Context, p peer.ID) error {
 		g.mu.Unlock()
 		return errors.New("use Leave to leave a group")
 	}
-	if !g.roster.State().IsMember(p) {
+	if !g.roster.IsMember(p) {
 		g.mu.Unlock()
 		return fmt.Errorf("%w: %s", ErrNotMember, p.String())
 	}
@@ -818,7 +818,7 @@ func (g *Group) Remove(ctx context.Context, p peer.ID) error {
 // Leave removes this node from the group. Its keys and history stay, read-only.
 func (g *Group) Leave(ctx context.Context) error {
 	g.mu.Lock()
-	if g.left || !g.roster.State().IsMember(g.n.self) {
+	if g.left || !g.roster.IsMember(g.n.self) {
 		g.mu.Unlock()
 		return fmt.Errorf("%w of group %s", ErrNotMember, g.id.ShortString())
 	}
@@ -839,7 +839,7 @@ func (g *Group) requireAdminLocked() error {
 	if g.left {
 		return fmt.Errorf("%w of group %s", ErrNotMember, g.id.ShortString())
 	}
-	role, ok := g.roster.State().RoleOf(g.n.self)
+	role, ok := g.roster.RoleOf(g.n.self)
 	if !ok {
 		return fmt.Errorf("%w of group %s", ErrNotMember, g.id.ShortString())
 	}

@@ -96,7 +96,7 @@ func (g *Group) judgeOp(from peer.ID, op *roster.Op) pubsub.ValidationResult {
 // everNamedLocked reports whether p is the founder or the target of an add
 // op in the roster.
 func (g *Group) everNamedLocked(p peer.ID) bool {
-	if g.roster.Founder() == p || g.roster.State().IsMember(p) {
+	if g.roster.Founder() == p || g.roster.IsMember(p) {
 		return true
 	}
 	for _, op := range g.roster.Ops() {
@@ -112,7 +112,7 @@ func (g *Group) judgeEnvelope(from peer.ID, e *gossip.Envelope) pubsub.Validatio
 		return pubsub.ValidationReject
 	}
 	g.mu.Lock()
-	member := g.roster.State().IsMember(e.Sender)
+	member := g.roster.IsMember(e.Sender)
 	known := g.roster.Knows(e.RosterHeads)
 	if !member && !known {
 		// The sender names roster ops we have not seen: perhaps its own add.
@@ -173,7 +173,7 @@ func (g *Group) judgeKeyRequest(r *gossip.KeyRequest) pubsub.ValidationResult {
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if !g.roster.State().IsMember(r.Requester) {
+	if !g.roster.IsMember(r.Requester) {
 		return pubsub.ValidationIgnore
 	}
 	b := g.reqBudget[r.Requester]
@@ -393,13 +393,13 @@ func (g *Group) recheckHeldLocked() {
 func (g *Group) onKeyRequest(r *gossip.KeyRequest) {
 	g.mu.Lock()
 	k, ok := g.ring.Get(r.KeyID)
-	if !ok || !k.Meta.IsRecipient(r.Requester) || !g.roster.State().IsMember(r.Requester) {
+	if !ok || !k.Meta.IsRecipient(r.Requester) || !g.roster.IsMember(r.Requester) {
 		g.mu.Unlock()
 		return
 	}
 	var holders []peer.ID
 	for _, p := range k.Meta.Recipients {
-		if p != r.Requester && g.roster.State().IsMember(p) {
+		if p != r.Requester && g.roster.IsMember(p) {
 			holders = append(holders, p)
 		}
 	}
@@ -655,7 +655,7 @@ func (g *Group) tick(now time.Time) time.Time {
 		if !g.rotateAt.IsZero() {
 			if now.Before(g.rotateAt) {
 				earliest(g.rotateAt)
-			} else if g.sendingKeyLocked() == nil && g.roster.State().IsMember(g.n.self) {
+			} else if g.sendingKeyLocked() == nil && g.roster.IsMember(g.n.self) {
 				k, err := g.rotateLocked()
 				if err == nil {
 					rotated = k

@@ -267,7 +267,7 @@ func (n *Node) handleRosterRequest(from peer.ID, group [32]byte) ([]*wire.Signed
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if !g.roster.State().IsMember(from) {
+	if !g.roster.IsMember(from) {
 		return nil, false
 	}
 	ops := g.roster.Ops()

@@ -139,31 +139,22 @@ func DefaultParams() Params {
 
 func (p Params) withDefaults() Params {
 	d := DefaultParams()
-	if p.KeyRequestDelay <= 0 {
-		p.KeyRequestDelay = d.KeyRequestDelay
-	}
-	if p.KeyRequestMaxBackoff <= 0 {
-		p.KeyRequestMaxBackoff = d.KeyRequestMaxBackoff
-	}
-	if p.RotationGrace <= 0 {
-		p.RotationGrace = d.RotationGrace
-	}
-	if p.ReorderWindow <= 0 {
-		p.ReorderWindow = d.ReorderWindow
-	}
-	if p.MeshSettle <= 0 {
-		p.MeshSettle = d.MeshSettle
-	}
-	if p.SyncInterval <= 0 {
-		p.SyncInterval = d.SyncInterval
-	}
-	if p.PublishBatch <= 0 {
-		p.PublishBatch = d.PublishBatch
-	}
-	if p.PublishInterval <= 0 {
-		p.PublishInterval = d.PublishInterval
-	}
+	orDefault(&p.KeyRequestDelay, d.KeyRequestDelay)
+	orDefault(&p.KeyRequestMaxBackoff, d.KeyRequestMaxBackoff)
+	orDefault(&p.RotationGrace, d.RotationGrace)
+	orDefault(&p.ReorderWindow, d.ReorderWindow)
+	orDefault(&p.MeshSettle, d.MeshSettle)
+	orDefault(&p.SyncInterval, d.SyncInterval)
+	orDefault(&p.PublishBatch, d.PublishBatch)
+	orDefault(&p.PublishInterval, d.PublishInterval)
 	return p
+}
+
+// orDefault sets *v to d unless *v is positive.
+func orDefault[T time.Duration | int](v *T, d T) {
+	if *v <= 0 {
+		*v = d
+	}
 }
 
 // Node is a p2pchat peer. It is safe for concurrent use.
@@ -461,7 +452,7 @@ func (n *Node) JoinGroup(ctx context.Context, id roster.GroupID, via peer.AddrIn
 	if err != nil {
 		return nil, fmt.Errorf("roster from %s: %w", via.ID.String(), err)
 	}
-	if !r.State().IsMember(n.self) {
+	if !r.IsMember(n.self) {
 		return nil, fmt.Errorf("%w of group %s", ErrNotMember, id.ShortString())
 	}
 	for _, op := range r.Ops() {

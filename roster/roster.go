@@ -370,6 +370,13 @@ func (r *Roster) State() *State {
 	return r.resolution().state.clone()
 }
 
+// IsMember reports whether p is a member of the current state, without
+// copying the state (validators ask this for every message).
+func (r *Roster) IsMember(p peer.ID) bool { return r.resolution().state.IsMember(p) }
+
+// RoleOf returns p's role in the current state, if p is a member.
+func (r *Roster) RoleOf(p peer.ID) (Role, bool) { return r.resolution().state.RoleOf(p) }
+
 func (r *Roster) resolution() *resolution {
 	if r.res == nil {
 		r.res = r.resolve(nil, r.Heads(), len(r.nodes))

@@ -653,6 +653,14 @@ func TestStateHelpers(t *testing.T) {
 	if len(ids) != 2 || string(ids[0]) > string(ids[1]) {
 		t.Fatalf("MemberIDs %v", ids)
 	}
+	// The roster answers the same without copying the state, and follows
+	// it as ops arrive.
+	if !d.r.IsMember(testIDs[bob]) || d.r.IsMember(testIDs[carol]) {
+		t.Fatal("Roster.IsMember")
+	}
+	if r, ok := d.r.RoleOf(testIDs[bob]); !ok || r != M {
+		t.Fatal("Roster.RoleOf")
+	}
 	// State returns a copy.
 	st.Members = nil
 	if !d.r.State().IsMember(testIDs[bob]) {

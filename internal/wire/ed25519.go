@@ -50,23 +50,32 @@ func (c *keyCache) put(id peer.ID, k *voi.ExpandedPublicKey) {
 	c.keys[id] = k
 }
 
-// verifyEd25519 reports whether sig is signer's signature over msg.
-func verifyEd25519(signer peer.ID, pub crypto.PubKey, msg, sig []byte) bool {
+// expandedKey returns signer's expanded key: from the cache, or expanded
+// from pub (cached reports which; the caller caches it once it verified).
+func expandedKey(signer peer.ID, pub crypto.PubKey) (k *voi.ExpandedPublicKey, cached bool) {
 	if k := expandedKeys.get(signer); k != nil {
-		return voi.VerifyExpandedWithOptions(k, msg, sig, verifyOptions)
+		return k, true
 	}
 	raw, err := pub.Raw()
 	if err != nil || len(raw) != voi.PublicKeySize {
-		return false
+		return nil, false
 	}
-	k, err := voi.NewExpandedPublicKey(voi.PublicKey(raw))
+	k, err = voi.NewExpandedPublicKey(voi.PublicKey(raw))
 	if err != nil {
+		return nil, false
+	}
+	return k, false
+}
+
+// verifyEd25519 reports whether sig is signer's signature over msg.
+func verifyEd25519(signer peer.ID, pub crypto.PubKey, msg, sig []byte) bool {
+	k, cached := expandedKey(signer, pub)
+	if k == nil || !voi.VerifyExpandedWithOptions(k, msg, sig, verifyOptions) {
 		return false
 	}
-	if !voi.VerifyExpandedWithOptions(k, msg, sig, verifyOptions) {
-		return false
+	if !cached {
+		expandedKeys.put(signer, k)
 	}
-	expandedKeys.put(signer, k)
 	return true
 }
 
@@ -77,10 +86,12 @@ func signEd25519(priv crypto.PrivKey, msg []byte) ([]byte, error) {
 	if priv.Type() != crypto.Ed25519 {
 		return priv.Sign(msg)
 	}
-	raw, err := priv.Raw()
+	raw, err := priv.Raw() // a copy of the secret: wiped once used
 	if err != nil || len(raw) != voi.PrivateKeySize {
+		clear(raw)
 		return priv.Sign(msg)
 	}
+	defer clear(raw)
 	return voi.Sign(voi.PrivateKey(raw), msg), nil
 }
 
@@ -95,16 +106,9 @@ func verifyEd25519Batch(signer peer.ID, pub crypto.PubKey, msgs, sigs [][]byte) 
 	if len(msgs) == 1 {
 		return verifyEd25519(signer, pub, msgs[0], sigs[0])
 	}
-	k := expandedKeys.get(signer)
-	cached := k != nil
-	if !cached {
-		raw, err := pub.Raw()
-		if err != nil || len(raw) != voi.PublicKeySize {
-			return false
-		}
-		if k, err = voi.NewExpandedPublicKey(voi.PublicKey(raw)); err != nil {
-			return false
-		}
+	k, cached := expandedKey(signer, pub)
+	if k == nil {
+		return false
 	}
 	v := voi.NewBatchVerifier()
 	for i := range msgs {
