@@ -166,6 +166,16 @@ func (g *Group) syncWith(p peer.ID) {
 		if ops, err := g.fetchRosterOps(ctx, p); err == nil {
 			g.onOps("", ops)
 		}
+		// A peer the roster never named (checked after the roster fetch,
+		// which may have named it) holds nothing we are entitled to: it is
+		// not asked for history at all.
+		g.mu.Lock()
+		named := g.roster.EverAdded(p)
+		g.mu.Unlock()
+		if !named {
+			g.n.log.Debug("no history sync with a peer the roster never named", "peer", p.ShortString())
+			return
+		}
 		if err := g.syncHistory(ctx, p); err != nil {
 			g.n.log.Debug("history sync failed", "peer", p.ShortString(), "err", err)
 		}
@@ -188,17 +198,25 @@ func (g *Group) syncHistory(ctx context.Context, p peer.ID) error {
 			return err
 		}
 		var envs []*gossip.Envelope
+		var invalid error // the first envelope refused: no further round
 		opened, errs := gossip.OpenEnvelopes(resp.Envelopes)
 		for i, e := range opened {
-			if errs[i] != nil || e.Group != g.id {
-				// A peer that sends forgeries gets nothing stored, and no
-				// more of our time this round.
-				return fmt.Errorf("peer %s sent an invalid envelope: %v", p.String(), errs[i])
+			if errs[i] == nil && e.Group != g.id {
+				errs[i] = fmt.Errorf("envelope of group %s", e.Group.ShortString())
+			}
+			if errs[i] != nil {
+				// One bad envelope costs only itself; the others are still
+				// considered, but a peer that sends garbage gets no more of
+				// our time in this sync.
+				if invalid == nil {
+					invalid = fmt.Errorf("peer %s sent an invalid envelope: %v", p.String(), errs[i])
+				}
+				continue
 			}
 			envs = append(envs, e)
 		}
 		if len(envs) == 0 {
-			return nil
+			return invalid
 		}
 		if g.needsRoster(envs) {
 			if ops, err := g.fetchRosterOps(ctx, p); err == nil {
@@ -209,8 +227,20 @@ func (g *Group) syncHistory(ctx context.Context, p peer.ID) error {
 		for _, e := range bad {
 			refused[e.Sender] = append(refused[e.Sender], e.Seq)
 		}
-		g.n.stats.envelopesSynced.Add(uint64(g.ingest(p, ok)))
+		added := g.ingest(p, ok)
+		g.n.stats.envelopesSynced.Add(uint64(added))
+		if invalid != nil {
+			return invalid
+		}
 		if !resp.More {
+			return nil
+		}
+		if added == 0 {
+			// A round that brought nothing new ends the sync: an honest
+			// responder only sends what our summary lacks, so "more" after
+			// a round of nothing storable is a responder wasting our time
+			// (a removed member replaying its own envelopes, for one).
+			// Periodic and gap syncs come back later.
 			return nil
 		}
 	}

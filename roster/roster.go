@@ -251,6 +251,11 @@ func (r *Roster) attach(op *Op, anc bitset) {
 	r.byAuthor[op.Author] = append(r.byAuthor[op.Author], n.idx)
 }
 
+// EverAdded reports whether p is the founder or the member of some applied
+// add op, effective or not: whether the roster ever named p. A peer it never
+// named has nothing of the group to offer (history sync refuses it).
+func (r *Roster) EverAdded(p peer.ID) bool { return len(r.addsOf[p]) > 0 }
+
 // Has reports whether the op is applied (not merely pending).
 func (r *Roster) Has(id OpID) bool {
 	_, ok := r.byID[id]
