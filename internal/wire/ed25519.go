@@ -1,10 +1,12 @@
 package wire
 
 import (
+	"fmt"
 	"sync"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/oasisprotocol/curve25519-voi/curve"
 	voi "github.com/oasisprotocol/curve25519-voi/primitives/ed25519"
 )
 
@@ -48,6 +50,62 @@ func (c *keyCache) put(id peer.ID, k *voi.ExpandedPublicKey) {
 		c.keys = make(map[peer.ID]*voi.ExpandedPublicKey)
 	}
 	c.keys[id] = k
+}
+
+// checkedKeys remembers peer IDs whose key passed checkPeerKey, so the
+// scalar multiplication is paid once per identity, not per message or per
+// recipient list; when full it is emptied. Only good keys enter it.
+var checkedKeys = idSet{max: 1 << 14}
+
+type idSet struct {
+	mu  sync.Mutex
+	max int
+	ids map[peer.ID]struct{}
+}
+
+func (s *idSet) has(id peer.ID) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.ids[id]
+	return ok
+}
+
+func (s *idSet) add(id peer.ID) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ids == nil || len(s.ids) >= s.max {
+		s.ids = make(map[peer.ID]struct{})
+	}
+	s.ids[id] = struct{}{}
+}
+
+// checkPeerKey refuses an Ed25519 key unless it is the canonical encoding
+// of a point A of the prime-order subgroup other than the identity:
+// [L]A = identity and A != identity. A small-order key, or one with a
+// small-order component, makes signatures that the cofactored and the
+// cofactorless equations judge differently (and a small-order key signs
+// every message at once), so it is no identity at all.
+func checkPeerKey(id peer.ID, pub crypto.PubKey) error {
+	if checkedKeys.has(id) {
+		return nil
+	}
+	raw, err := pub.Raw()
+	if err != nil || len(raw) != curve.CompressedPointSize {
+		return fmt.Errorf("%w: peer id does not embed an Ed25519 key", ErrBadSignature)
+	}
+	var c curve.CompressedEdwardsY
+	if _, err := c.SetBytes(raw); err != nil || !c.IsCanonicalVartime() {
+		return fmt.Errorf("%w: peer id key is not a canonical point encoding", ErrBadSignature)
+	}
+	var a curve.EdwardsPoint
+	if _, err := a.SetCompressedY(&c); err != nil {
+		return fmt.Errorf("%w: peer id key is not a curve point", ErrBadSignature)
+	}
+	if a.IsSmallOrder() || !a.IsTorsionFree() {
+		return fmt.Errorf("%w: %w", ErrBadSignature, ErrSmallOrderKey)
+	}
+	checkedKeys.add(id)
+	return nil
 }
 
 // expandedKey returns signer's expanded key: from the cache, or expanded

@@ -16,6 +16,12 @@ var (
 	ErrBadSignature = errors.New("bad signature")
 	// ErrMalformed means bytes that do not decode to the expected message.
 	ErrMalformed = errors.New("malformed message")
+	// ErrSmallOrderKey means a peer ID whose Ed25519 key is not a point of
+	// the prime-order subgroup (other than the identity): a small-order
+	// point, or one with a small-order component. Such keys are refused
+	// wherever a peer ID is parsed. Errors wrapping it also wrap
+	// ErrBadSignature.
+	ErrSmallOrderKey = errors.New("peer id key has a small-order component")
 )
 
 // MaxSignedBody bounds the body of any signed message. Envelopes are bounded
@@ -108,6 +114,9 @@ func checkShape(s *Signed, kind Kind) error {
 
 // PeerKey parses b as a peer ID and extracts its embedded Ed25519 public key.
 // Peer IDs of other key types are refused: p2pchat identities are Ed25519.
+// So are keys that are not the canonical encoding of a point of the
+// prime-order subgroup other than the identity (ErrSmallOrderKey for a
+// small-order point or a point with a small-order component).
 func PeerKey(b []byte) (peer.ID, crypto.PubKey, error) {
 	id, err := peer.IDFromBytes(b)
 	if err != nil {
@@ -117,6 +126,9 @@ func PeerKey(b []byte) (peer.ID, crypto.PubKey, error) {
 	if err != nil || pub.Type() != crypto.Ed25519 {
 		return "", nil, fmt.Errorf("%w: peer id does not embed an Ed25519 key", ErrBadSignature)
 	}
+	if err := checkPeerKey(id, pub); err != nil {
+		return "", nil, err
+	}
 	return id, pub, nil
 }
 
@@ -124,6 +136,9 @@ func PeerKey(b []byte) (peer.ID, crypto.PubKey, error) {
 func ParsePeerID(b []byte) (peer.ID, error) {
 	id, _, err := PeerKey(b)
 	if err != nil {
+		if errors.Is(err, ErrSmallOrderKey) {
+			return "", fmt.Errorf("%w: %w", ErrMalformed, ErrSmallOrderKey)
+		}
 		return "", fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
 	return id, nil
