@@ -1120,14 +1120,17 @@ func (*TopicMessage_KeyRequest) isTopicMessage_Payload() {}
 
 func (*TopicMessage_EnvelopeBatch) isTopicMessage_Payload() {}
 
-// EnvelopeBatch carries consecutive envelopes of one sender in one topic
-// message. A sender coalesces the sends queued behind a publish in
-// progress, so under a burst GossipSub's per-message work is shared and
-// receivers verify the signatures as one batch. Each envelope keeps its own
-// signature: it is stored, synced and shown exactly as if it had come alone.
+// EnvelopeBatch carries envelopes of one sender and one group in one topic
+// message, in strictly increasing seq order; gaps are allowed. Receivers
+// refuse a batch out of order, mixing groups or signers, or of fewer than 2
+// or more than 64 envelopes (gossip.OpenEnvelopeBatch). A sender coalesces
+// the sends queued behind a publish in progress, so under a burst
+// GossipSub's per-message work is shared and receivers verify the
+// signatures as one batch. Each envelope keeps its own signature: it is
+// stored, synced and shown exactly as if it had come alone.
 type EnvelopeBatch struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Envelopes     []*Signed              `protobuf:"bytes,1,rep,name=envelopes,proto3" json:"envelopes,omitempty"` // KIND_ENVELOPE, 2 or more, one signer
+	Envelopes     []*Signed              `protobuf:"bytes,1,rep,name=envelopes,proto3" json:"envelopes,omitempty"` // KIND_ENVELOPE, 2 to 64, one signer
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
