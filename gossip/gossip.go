@@ -76,14 +76,6 @@ func TopicName(group [32]byte) string {
 	return "/p2pchat/1/" + hex.EncodeToString(h[:])
 }
 
-// MessageID is the GossipSub message ID of a topic message: a hash of its
-// bytes. Our own signature authenticates the content, so the node's pubsub
-// need not sign (StrictNoSign) and From+Seqno IDs do not exist.
-func MessageID(data []byte) string {
-	h := sha256.Sum256(data)
-	return string(h[:])
-}
-
 // DecodeTopicMessage decodes a group topic message, bounded in size. It does
 // not verify signatures: the payload's Signed is verified by its own decoder.
 func DecodeTopicMessage(data []byte) (*wire.TopicMessage, error) {

@@ -189,10 +189,11 @@ func (t *Topic) Close() error {
 
 // PubSubOptions are the options the node uses when it creates its own
 // GossipSub router: no pubsub signature (each message carries ours, so one
-// signature and one verification per message), content-hash message IDs, a
-// message size bound matching ours, flood publishing so a message reaches
-// every connected member even before the mesh forms, and queues sized so
-// bursts are not dropped.
+// signature and one verification per message), message IDs over the signed
+// content so that re-encoded copies are duplicates (MessageID), a message
+// size bound matching ours, flood publishing so a message reaches every
+// connected member even before the mesh forms, and queues sized so bursts
+// are not dropped.
 func PubSubOptions() []pubsub.Option {
 	return []pubsub.Option{
 		pubsub.WithMessageSignaturePolicy(pubsub.StrictNoSign),

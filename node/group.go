@@ -59,6 +59,7 @@ type Group struct {
 	order             map[peer.ID]*senderOrder    // per-sender delivery order
 	held              []heldEnvelope              // envelopes whose roster heads are unknown
 	reqBudget         map[peer.ID]*tokenBucket    // key requests accepted per requester
+	answered          answeredRequests            // key requests answered; its own lock
 	rotateAt          time.Time                   // designated rotation deadline; zero when none
 	fetching          map[peer.ID]bool            // roster fetches running, by peer
 	syncing           map[peer.ID]bool            // history syncs running, by peer

@@ -407,6 +407,13 @@ func (g *Group) onKeyRequest(r *gossip.KeyRequest) {
 	if !answersRequest(g.n.self, holders, r, 2<<min(r.Attempt, 20)) {
 		return
 	}
+	// Once per request: a replay the seen cache no longer catches gets
+	// nothing. The validator takes a request until keyRequestMaxAge after
+	// its send time.
+	expires := time.UnixMilli(r.SentAtMs).Add(keyRequestMaxAge + answeredMargin)
+	if !g.answered.first(r.Requester, r.Nonce, expires, time.Now()) {
+		return
+	}
 	g.sendKeyTo(k, []peer.ID{r.Requester}, r.Nonce)
 }
 
