@@ -166,6 +166,12 @@ func (s *sim) step(ri int) {
 		s.removed[testIDs[who]] = true
 		s.author(ri, s.must(NewLeave(testPrivs[who], r.ID(), heads)))
 	}
+	if s.rng.IntN(10) == 0 {
+		// An ack: no membership effect, but it merges heads and is an op of
+		// its author like any other (filtered with them, too).
+		s.author(ri, s.must(NewAck(testPrivs[who], r.ID(), heads, nil)))
+		return
+	}
 	p := s.rng.IntN(100)
 	if role, _ := st.RoleOf(testIDs[who]); role == RoleAdmin {
 		switch {

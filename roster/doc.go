@@ -1,5 +1,5 @@
 // Package roster is the membership layer of p2pchat: a signed, hash-linked
-// DAG of membership operations (create, add, remove, leave) and its
+// DAG of membership operations (create, add, remove, leave, ack) and its
 // deterministic resolution into a member list ("strong removal", in the
 // style of p2panda-auth).
 //
@@ -47,6 +47,28 @@
 // DAG even if it turns out to have no effect (a removed member acting
 // concurrently with its removal, a member trying to add someone, ...):
 // descendants may reference it.
+//
+// An ack changes no membership: its author states, through its parents,
+// what it has applied (it merges heads), and through marks, for each peer
+// that stopped being a member since its previous ack, the highest envelope
+// seq of that peer it holds. At most MaxMarks marks, distinct peers, sorted.
+// In resolution an ack is effective iff its author is a member, like a
+// leave, and it is filtered like any other op of a removed member.
+//
+// # Admission of a removed member's ops (Admit)
+//
+// Resolution alone cannot tell a removed member's backdated op from an
+// honest op concurrent with its removal (docs/protocol.md §4.4), so a node
+// also refuses, before applying, every op whose author its current state
+// has removed: an effective removal of the author exists, and the author is
+// no member of the effective ops of the op's causal past together with all
+// effective removals of it. Such an op is refused (ErrNotMember) and not
+// remembered, unless a pending op that admission would take needs it as an
+// ancestor: an honest node applied it before the removal reached it and
+// built on it, and then every node applies it, so that rosters converge.
+// A batch is judged against the state held before it. This is local policy
+// and order-dependent by design; resolution of whatever is applied stays a
+// function of the applied ops alone.
 //
 // # Resolution
 //

@@ -27,6 +27,8 @@ const (
 	NonceLen = 16
 	// KeyIDLen is the length of a non-empty add parent_key_id.
 	KeyIDLen = 32
+	// MaxMarks bounds the seq marks of one ack.
+	MaxMarks = 64
 
 	opIDDomain = "p2pchat/v1/op-id"
 	// maxSignedEnvelope bounds a marshalled wire.Signed: the body plus the
@@ -42,6 +44,11 @@ var (
 	// ErrNotAuthorized means an op whose author was never a member in its
 	// causal past (nor the founder), or that descends from such an op.
 	ErrNotAuthorized = errors.New("author was never a member")
+	// ErrNotMember means an op refused by admission (Roster.Admit): its
+	// author is not a member of the current state and no op by a current
+	// member needs it as an ancestor. It is not remembered: should a
+	// member's op name it later, it is applied then.
+	ErrNotMember = errors.New("author is not a member")
 	// ErrUnknownOp means an op ID that the roster has not applied.
 	ErrUnknownOp = errors.New("unknown roster op")
 )
@@ -139,6 +146,7 @@ const (
 	KindAdd
 	KindRemove
 	KindLeave
+	KindAck
 )
 
 func (k Kind) String() string {
@@ -151,6 +159,8 @@ func (k Kind) String() string {
 		return "remove"
 	case KindLeave:
 		return "leave"
+	case KindAck:
+		return "ack"
 	}
 	return fmt.Sprintf("Kind(%d)", int(k))
 }
@@ -167,6 +177,7 @@ type Op struct {
 	Name        string  // create
 	Nonce       []byte  // create
 	ParentKeyID []byte  // add: opaque to roster, carried for the keyring
+	Marks       []Mark  // ack: sorted by peer ID, distinct peers
 	Signed      *wire.Signed
 
 	// verified is set only by the constructors in this file, so Insert can
@@ -185,6 +196,13 @@ func (o *Op) String() string {
 		return fmt.Sprintf("%s %s(%s by %s: %s)", o.ID.ShortString(), o.Kind, o.Group.ShortString(), o.Author, o.Member)
 	}
 	return fmt.Sprintf("%s %s(%s by %s)", o.ID.ShortString(), o.Kind, o.Group.ShortString(), o.Author)
+}
+
+// Mark is one entry of an ack: the highest envelope seq of Peer that the
+// ack's author held when it acknowledged Peer's departure.
+type Mark struct {
+	Peer peer.ID
+	Seq  uint64
 }
 
 // Marshal returns the proto-marshalled wire.Signed.
@@ -253,6 +271,29 @@ func NewLeave(priv crypto.PrivKey, group GroupID, parents []OpID) (*Op, error) {
 		Author:  []byte(author),
 		Parents: encodeParents(parents),
 		Action:  &wire.Op_Leave{Leave: &wire.Leave{}},
+	})
+}
+
+// NewAck signs an ack: an op that changes no membership but records, through
+// its parents, what its author has applied (it makes ops stable and merges
+// heads), and through marks how far each departed peer's messages reached
+// the author.
+func NewAck(priv crypto.PrivKey, group GroupID, parents []OpID, marks []Mark) (*Op, error) {
+	author, err := authorOf(priv)
+	if err != nil {
+		return nil, err
+	}
+	sorted := slices.Clone(marks)
+	slices.SortFunc(sorted, func(a, b Mark) int { return bytes.Compare([]byte(a.Peer), []byte(b.Peer)) })
+	pm := make([]*wire.SeqMark, len(sorted))
+	for i, m := range sorted {
+		pm[i] = &wire.SeqMark{Peer: []byte(m.Peer), Seq: m.Seq}
+	}
+	return sign(priv, author, &wire.Op{
+		GroupId: group.Bytes(),
+		Author:  []byte(author),
+		Parents: encodeParents(parents),
+		Action:  &wire.Op_Ack{Ack: &wire.Ack{Marks: pm}},
 	})
 }
 
@@ -403,6 +444,26 @@ func build(signer peer.ID, s *wire.Signed, pb *wire.Op) (*Op, error) {
 		}
 	case *wire.Op_Leave:
 		op.Kind = KindLeave
+	case *wire.Op_Ack:
+		op.Kind = KindAck
+		ms := a.Ack.GetMarks()
+		if len(ms) > MaxMarks {
+			return nil, fmt.Errorf("%w: %d marks, want at most %d", ErrMalformed, len(ms), MaxMarks)
+		}
+		op.Marks = make([]Mark, 0, len(ms))
+		for _, m := range ms {
+			p, err := wire.ParsePeerID(m.GetPeer())
+			if err != nil {
+				return nil, fmt.Errorf("%w: mark: %w", ErrMalformed, err)
+			}
+			op.Marks = append(op.Marks, Mark{Peer: p, Seq: m.GetSeq()})
+		}
+		slices.SortFunc(op.Marks, func(a, b Mark) int { return bytes.Compare([]byte(a.Peer), []byte(b.Peer)) })
+		for i := 1; i < len(op.Marks); i++ {
+			if op.Marks[i].Peer == op.Marks[i-1].Peer {
+				return nil, fmt.Errorf("%w: two marks for one peer", ErrMalformed)
+			}
+		}
 	default:
 		return nil, fmt.Errorf("%w: no action", ErrMalformed)
 	}
@@ -440,6 +501,13 @@ var (
 	removeRules = map[protowire.Number]fieldRule{
 		1: {typ: protowire.BytesType}, // member
 	}
+	markRules = map[protowire.Number]fieldRule{
+		1: {typ: protowire.BytesType},  // peer
+		2: {typ: protowire.VarintType}, // seq
+	}
+	ackRules = map[protowire.Number]fieldRule{
+		1: {typ: protowire.BytesType, repeated: true, nested: markRules}, // marks
+	}
 	opRules = map[protowire.Number]fieldRule{
 		1:  {typ: protowire.BytesType},                 // group_id
 		2:  {typ: protowire.BytesType},                 // author
@@ -448,6 +516,7 @@ var (
 		11: {typ: protowire.BytesType, nested: addRules},
 		12: {typ: protowire.BytesType, nested: removeRules},
 		13: {typ: protowire.BytesType, nested: map[protowire.Number]fieldRule{}},
+		14: {typ: protowire.BytesType, nested: ackRules},
 	}
 )
 
@@ -460,7 +529,7 @@ func checkEncoding(body []byte) error {
 	if err != nil {
 		return err
 	}
-	actions := seen[10] + seen[11] + seen[12] + seen[13]
+	actions := seen[10] + seen[11] + seen[12] + seen[13] + seen[14]
 	if actions != 1 {
 		return fmt.Errorf("%w: %d actions, want exactly 1", ErrMalformed, actions)
 	}

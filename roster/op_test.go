@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"crypto/sha256"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 
@@ -360,4 +361,40 @@ func TestForgedOpRejected(t *testing.T) {
 			t.Fatal("nil key accepted")
 		}
 	})
+}
+
+// TestAckRoundTrip: an ack's marks survive encoding sorted by peer, and an
+// ack with two marks for one peer or more than MaxMarks marks is malformed.
+func TestAckRoundTrip(t *testing.T) {
+	create, err := NewCreate(testPrivs[0], "g", make([]byte, NonceLen))
+	if err != nil {
+		t.Fatal(err)
+	}
+	marks := []Mark{{Peer: testIDs[2], Seq: 7}, {Peer: testIDs[1], Seq: 3}}
+	ack, err := NewAck(testPrivs[0], create.ID, []OpID{create.ID}, marks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := Parse(ack.Marshal())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if back.Kind != KindAck || len(back.Marks) != 2 || back.ID != ack.ID {
+		t.Fatalf("round trip: %+v", back)
+	}
+	if string(back.Marks[0].Peer) > string(back.Marks[1].Peer) {
+		t.Fatalf("marks not sorted: %v", back.Marks)
+	}
+	for _, bad := range [][]Mark{
+		{{Peer: testIDs[1], Seq: 1}, {Peer: testIDs[1], Seq: 2}},
+		slices.Repeat([]Mark{{Peer: testIDs[1], Seq: 1}}, MaxMarks+1),
+	} {
+		op, err := NewAck(testPrivs[0], create.ID, []OpID{create.ID}, bad)
+		if err != nil {
+			continue // refused at signing is fine too
+		}
+		if _, err := Parse(op.Marshal()); !errors.Is(err, ErrMalformed) {
+			t.Fatalf("ack with %d marks (duplicates): %v, want ErrMalformed", len(bad), err)
+		}
+	}
 }

@@ -146,7 +146,7 @@ func (o *oracle) resolve() (eff map[OpID]bool, members map[peer.ID]Role) {
 			case KindRemove:
 				_, targetIn := S[op.Member]
 				eff[id] = S[op.Author] == RoleAdmin && targetIn
-			case KindLeave:
+			case KindLeave, KindAck:
 				_, in := S[op.Author]
 				eff[id] = in
 			}

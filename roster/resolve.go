@@ -166,7 +166,7 @@ func (r *Roster) authorityPass(in func(int) bool, filtered, eff []bool) {
 			if ok && role == RoleAdmin {
 				_, eff[i] = r.roleIn(op.Member, past)
 			}
-		case KindLeave:
+		case KindLeave, KindAck:
 			_, eff[i] = r.roleIn(op.Author, past)
 		}
 	}

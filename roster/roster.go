@@ -2,6 +2,7 @@ package roster
 
 import (
 	"container/heap"
+	"errors"
 	"fmt"
 	"slices"
 
@@ -55,9 +56,17 @@ type Roster struct {
 	remsOf   map[peer.ID][]int // remove ops targeting a peer and leave ops by it
 	byAuthor map[peer.ID][]int
 
-	res     *resolution // resolution of all applied ops; nil when stale
-	order   []*Op       // cached Ops(); nil when stale
-	atCache map[string]*State
+	res   *resolution // resolution of all applied ops; nil when stale
+	order []*Op       // cached Ops(); nil when stale
+	// judge is, during Admit, the resolution of the ops held before the
+	// batch: every op of the batch is judged against it.
+	judge *resolution
+	// admission makes every insert apply the admission rule (see Admit).
+	admission bool
+	// refusedInDrain collects, during Admit, pending ops that admission
+	// refused when their parents arrived, so that Admit can retry them.
+	refusedInDrain []*Op
+	atCache        map[string]*State
 }
 
 const maxAtCache = 128
@@ -148,7 +157,11 @@ func (r *Roster) Insert(op *Op) ([]*Op, error) {
 		return nil, nil
 	}
 	if err := r.apply(op); err != nil {
-		r.discard(op.ID)
+		if errors.Is(err, ErrNotMember) {
+			r.forget(op.ID)
+		} else {
+			r.discard(op.ID)
+		}
 		return nil, err
 	}
 	return r.drain(op), nil
@@ -169,7 +182,12 @@ func (r *Roster) drain(start *Op) []*Op {
 			}
 			delete(r.pending, w)
 			if err := r.apply(op); err != nil {
-				r.discard(w)
+				if errors.Is(err, ErrNotMember) {
+					r.forget(w)
+					r.refusedInDrain = append(r.refusedInDrain, op)
+				} else {
+					r.discard(w)
+				}
 				continue
 			}
 			applied = append(applied, op)
@@ -217,8 +235,151 @@ func (r *Roster) apply(op *Op) error {
 	if op.Author != r.founder && !r.anyIn(r.addsOf[op.Author], anc) {
 		return fmt.Errorf("%w: op %s by %s", ErrNotAuthorized, op.ID.ShortString(), op.Author)
 	}
+	if r.admission && r.removedBefore(op.Author, anc) && !r.wanted(op.ID) {
+		return fmt.Errorf("%w: op %s by %s", ErrNotMember, op.ID.ShortString(), op.Author)
+	}
 	r.attach(op, anc)
 	return nil
+}
+
+// pendingAnc returns the causal past of a pending op as far as it is
+// applied: the closure of its applied parents.
+func (r *Roster) pendingAnc(op *Op) bitset {
+	anc := newBitset(len(r.nodes))
+	for _, p := range op.Parents {
+		if pn, ok := r.byID[p]; ok {
+			anc.or(pn.anc)
+			anc.set(pn.idx)
+		}
+	}
+	return anc
+}
+
+// forget drops id, refused by admission, from the pending ops without
+// remembering it as rejected. The pending ops that wait for it keep
+// waiting: should one of them turn out to need it (a member's op), it is
+// applied when it comes again.
+func (r *Roster) forget(id OpID) { delete(r.pending, id) }
+
+// SetAdmission turns the admission rule on or off for every later insert
+// (see Admit). A node loads the ops it stored (all admitted once) with it
+// off, then turns it on.
+func (r *Roster) SetAdmission(on bool) { r.admission = on }
+
+// Admit inserts a batch of verified ops under the admission rule of
+// docs/protocol.md §4.4 and returns the ops it applied (each after its
+// parents) and the number it refused. Every op of the batch is judged
+// against the state held before the batch: an op whose author that state
+// has removed (an effective removal of the author, or its leave, that the
+// op does not follow with an effective re-add of it) is refused
+// (ErrNotMember) and not remembered — unless a pending op that is not
+// refused needs it, directly or through other pending ops, as an ancestor
+// (an honest op built on it before the removal reached its author). Ops
+// whose parents are missing wait, as with Insert, and are judged when they
+// apply. The order of the batch does not matter. Admit turns admission on
+// for every later Insert too.
+func (r *Roster) Admit(ops []*Op) (applied []*Op, refused int) {
+	r.admission = true
+	r.refusedInDrain = r.refusedInDrain[:0]
+	r.judge = r.resolution()
+	defer func() { r.refusedInDrain, r.judge = nil, nil }()
+	var notMember []*Op
+	for _, op := range ops {
+		if op == nil || r.Has(op.ID) || r.IsPending(op.ID) {
+			continue
+		}
+		a, err := r.Insert(op)
+		if errors.Is(err, ErrNotMember) {
+			notMember = append(notMember, op)
+		}
+		applied = append(applied, a...)
+	}
+	// An op refused early in the batch may be needed by an op that came
+	// later in it: apply those now, until nothing more is needed.
+	for progress := true; progress; {
+		progress = false
+		notMember = append(notMember, r.refusedInDrain...)
+		r.refusedInDrain = r.refusedInDrain[:0]
+		rest := notMember[:0]
+		for _, op := range notMember {
+			if r.Has(op.ID) {
+				continue
+			}
+			if !r.wanted(op.ID) {
+				rest = append(rest, op)
+				continue
+			}
+			if a, _ := r.Insert(op); len(a) > 0 {
+				applied = append(applied, a...)
+				progress = true
+			}
+		}
+		notMember = rest
+	}
+	return applied, len(notMember)
+}
+
+// removedBefore reports whether an op by author with causal past anc
+// comes after, or concurrently with, the author's removal: the current
+// state has an effective removal of the author (a remove of it, or its
+// leave), and the author is no member of the effective ops of anc together
+// with every effective removal of it (an op made before a removal that it
+// does not follow with a re-add). Such an op is the author's once it was
+// out; admission refuses it.
+func (r *Roster) removedBefore(author peer.ID, anc bitset) bool {
+	rems := r.remsOf[author]
+	if len(rems) == 0 {
+		return false
+	}
+	res := r.judge
+	if res == nil {
+		res = r.resolution()
+	}
+	removed := false
+	for _, rho := range rems {
+		if rho < len(res.eff) && res.eff[rho] {
+			removed = true
+			break
+		}
+	}
+	if !removed {
+		return false
+	}
+	_, member := r.roleIn(author, func(j int) bool {
+		if j >= len(res.eff) || !res.eff[j] {
+			return false
+		}
+		if anc.has(j) {
+			return true
+		}
+		op := r.nodes[j].op
+		return (op.Kind == KindRemove && op.Member == author) || (op.Kind == KindLeave && op.Author == author)
+	})
+	return !member
+}
+
+// wanted reports whether a pending op that admission would take (its
+// author was not removed before it, as far as its applied ancestors show)
+// waits, directly or through other pending ops, for op id.
+func (r *Roster) wanted(id OpID) bool {
+	seen := map[OpID]bool{id: true}
+	queue := []OpID{id}
+	for len(queue) > 0 {
+		x := queue[0]
+		queue = queue[1:]
+		for _, w := range r.waiters[x] {
+			op, ok := r.pending[w]
+			if !ok || seen[w] {
+				continue
+			}
+			if !r.removedBefore(op.Author, r.pendingAnc(op)) {
+				return true
+			}
+			seen[w] = true
+			queue = append(queue, w)
+		}
+	}
+	return false
 }
 
 func (r *Roster) anyIn(idxs []int, set bitset) bool {
@@ -233,6 +394,7 @@ func (r *Roster) anyIn(idxs []int, set bitset) bool {
 func (r *Roster) attach(op *Op, anc bitset) {
 	n := &node{op: op, idx: len(r.nodes), anc: anc}
 	r.nodes = append(r.nodes, n)
+	r.res, r.order = nil, nil
 	r.byID[op.ID] = n
 	for _, p := range op.Parents {
 		delete(r.heads, p)

@@ -222,6 +222,7 @@ type Op struct {
 	//	*Op_Add
 	//	*Op_Remove
 	//	*Op_Leave
+	//	*Op_Ack
 	Action        isOp_Action `protobuf_oneof:"action"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -321,6 +322,15 @@ func (x *Op) GetLeave() *Leave {
 	return nil
 }
 
+func (x *Op) GetAck() *Ack {
+	if x != nil {
+		if x, ok := x.Action.(*Op_Ack); ok {
+			return x.Ack
+		}
+	}
+	return nil
+}
+
 type isOp_Action interface {
 	isOp_Action()
 }
@@ -341,6 +351,10 @@ type Op_Leave struct {
 	Leave *Leave `protobuf:"bytes,13,opt,name=leave,proto3,oneof"`
 }
 
+type Op_Ack struct {
+	Ack *Ack `protobuf:"bytes,14,opt,name=ack,proto3,oneof"`
+}
+
 func (*Op_Create) isOp_Action() {}
 
 func (*Op_Add) isOp_Action() {}
@@ -348,6 +362,8 @@ func (*Op_Add) isOp_Action() {}
 func (*Op_Remove) isOp_Action() {}
 
 func (*Op_Leave) isOp_Action() {}
+
+func (*Op_Ack) isOp_Action() {}
 
 type Create struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -543,6 +559,107 @@ func (*Leave) Descriptor() ([]byte, []int) {
 	return file_wire_proto_rawDescGZIP(), []int{5}
 }
 
+// Ack changes no membership. Its author states, through its parents, which
+// ops it has applied: acks make ops stable (docs/protocol.md §4.4) and merge
+// heads. marks name, for each peer that stopped being a member since the
+// author's previous ack, the highest envelope seq of that peer the author
+// holds; they bound what a removed member may still have said (§4.6).
+type Ack struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Marks         []*SeqMark             `protobuf:"bytes,1,rep,name=marks,proto3" json:"marks,omitempty"` // at most 64, distinct peers
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Ack) Reset() {
+	*x = Ack{}
+	mi := &file_wire_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Ack) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Ack) ProtoMessage() {}
+
+func (x *Ack) ProtoReflect() protoreflect.Message {
+	mi := &file_wire_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Ack.ProtoReflect.Descriptor instead.
+func (*Ack) Descriptor() ([]byte, []int) {
+	return file_wire_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *Ack) GetMarks() []*SeqMark {
+	if x != nil {
+		return x.Marks
+	}
+	return nil
+}
+
+type SeqMark struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Peer          []byte                 `protobuf:"bytes,1,opt,name=peer,proto3" json:"peer,omitempty"` // peer ID
+	Seq           uint64                 `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SeqMark) Reset() {
+	*x = SeqMark{}
+	mi := &file_wire_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SeqMark) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SeqMark) ProtoMessage() {}
+
+func (x *SeqMark) ProtoReflect() protoreflect.Message {
+	mi := &file_wire_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SeqMark.ProtoReflect.Descriptor instead.
+func (*SeqMark) Descriptor() ([]byte, []int) {
+	return file_wire_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *SeqMark) GetPeer() []byte {
+	if x != nil {
+		return x.Peer
+	}
+	return nil
+}
+
+func (x *SeqMark) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
 // KeyMeta is the signed description of a group key. It never holds the key.
 type KeyMeta struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
@@ -561,7 +678,7 @@ type KeyMeta struct {
 
 func (x *KeyMeta) Reset() {
 	*x = KeyMeta{}
-	mi := &file_wire_proto_msgTypes[6]
+	mi := &file_wire_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -573,7 +690,7 @@ func (x *KeyMeta) String() string {
 func (*KeyMeta) ProtoMessage() {}
 
 func (x *KeyMeta) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[6]
+	mi := &file_wire_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -586,7 +703,7 @@ func (x *KeyMeta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyMeta.ProtoReflect.Descriptor instead.
 func (*KeyMeta) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{6}
+	return file_wire_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *KeyMeta) GetGroupId() []byte {
@@ -655,7 +772,7 @@ type KeyTransfer struct {
 
 func (x *KeyTransfer) Reset() {
 	*x = KeyTransfer{}
-	mi := &file_wire_proto_msgTypes[7]
+	mi := &file_wire_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -667,7 +784,7 @@ func (x *KeyTransfer) String() string {
 func (*KeyTransfer) ProtoMessage() {}
 
 func (x *KeyTransfer) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[7]
+	mi := &file_wire_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -680,7 +797,7 @@ func (x *KeyTransfer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyTransfer.ProtoReflect.Descriptor instead.
 func (*KeyTransfer) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{7}
+	return file_wire_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *KeyTransfer) GetKey() []byte {
@@ -721,7 +838,7 @@ type KeyTransferAck struct {
 
 func (x *KeyTransferAck) Reset() {
 	*x = KeyTransferAck{}
-	mi := &file_wire_proto_msgTypes[8]
+	mi := &file_wire_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -733,7 +850,7 @@ func (x *KeyTransferAck) String() string {
 func (*KeyTransferAck) ProtoMessage() {}
 
 func (x *KeyTransferAck) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[8]
+	mi := &file_wire_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -746,7 +863,7 @@ func (x *KeyTransferAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyTransferAck.ProtoReflect.Descriptor instead.
 func (*KeyTransferAck) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{8}
+	return file_wire_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *KeyTransferAck) GetAccepted() bool {
@@ -774,7 +891,7 @@ type KeyRequest struct {
 
 func (x *KeyRequest) Reset() {
 	*x = KeyRequest{}
-	mi := &file_wire_proto_msgTypes[9]
+	mi := &file_wire_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -786,7 +903,7 @@ func (x *KeyRequest) String() string {
 func (*KeyRequest) ProtoMessage() {}
 
 func (x *KeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[9]
+	mi := &file_wire_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -799,7 +916,7 @@ func (x *KeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyRequest.ProtoReflect.Descriptor instead.
 func (*KeyRequest) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{9}
+	return file_wire_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *KeyRequest) GetGroupId() []byte {
@@ -868,7 +985,7 @@ type Envelope struct {
 
 func (x *Envelope) Reset() {
 	*x = Envelope{}
-	mi := &file_wire_proto_msgTypes[10]
+	mi := &file_wire_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -880,7 +997,7 @@ func (x *Envelope) String() string {
 func (*Envelope) ProtoMessage() {}
 
 func (x *Envelope) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[10]
+	mi := &file_wire_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -893,7 +1010,7 @@ func (x *Envelope) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Envelope.ProtoReflect.Descriptor instead.
 func (*Envelope) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{10}
+	return file_wire_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Envelope) GetGroupId() []byte {
@@ -963,7 +1080,7 @@ type Content struct {
 
 func (x *Content) Reset() {
 	*x = Content{}
-	mi := &file_wire_proto_msgTypes[11]
+	mi := &file_wire_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -975,7 +1092,7 @@ func (x *Content) String() string {
 func (*Content) ProtoMessage() {}
 
 func (x *Content) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[11]
+	mi := &file_wire_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -988,7 +1105,7 @@ func (x *Content) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Content.ProtoReflect.Descriptor instead.
 func (*Content) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{11}
+	return file_wire_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Content) GetText() string {
@@ -1021,7 +1138,7 @@ type TopicMessage struct {
 
 func (x *TopicMessage) Reset() {
 	*x = TopicMessage{}
-	mi := &file_wire_proto_msgTypes[12]
+	mi := &file_wire_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1033,7 +1150,7 @@ func (x *TopicMessage) String() string {
 func (*TopicMessage) ProtoMessage() {}
 
 func (x *TopicMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[12]
+	mi := &file_wire_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1046,7 +1163,7 @@ func (x *TopicMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TopicMessage.ProtoReflect.Descriptor instead.
 func (*TopicMessage) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{12}
+	return file_wire_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *TopicMessage) GetPayload() isTopicMessage_Payload {
@@ -1137,7 +1254,7 @@ type EnvelopeBatch struct {
 
 func (x *EnvelopeBatch) Reset() {
 	*x = EnvelopeBatch{}
-	mi := &file_wire_proto_msgTypes[13]
+	mi := &file_wire_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1149,7 +1266,7 @@ func (x *EnvelopeBatch) String() string {
 func (*EnvelopeBatch) ProtoMessage() {}
 
 func (x *EnvelopeBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[13]
+	mi := &file_wire_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1162,7 +1279,7 @@ func (x *EnvelopeBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnvelopeBatch.ProtoReflect.Descriptor instead.
 func (*EnvelopeBatch) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{13}
+	return file_wire_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *EnvelopeBatch) GetEnvelopes() []*Signed {
@@ -1182,7 +1299,7 @@ type RosterRequest struct {
 
 func (x *RosterRequest) Reset() {
 	*x = RosterRequest{}
-	mi := &file_wire_proto_msgTypes[14]
+	mi := &file_wire_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1194,7 +1311,7 @@ func (x *RosterRequest) String() string {
 func (*RosterRequest) ProtoMessage() {}
 
 func (x *RosterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[14]
+	mi := &file_wire_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1207,7 +1324,7 @@ func (x *RosterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RosterRequest.ProtoReflect.Descriptor instead.
 func (*RosterRequest) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{14}
+	return file_wire_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RosterRequest) GetGroupId() []byte {
@@ -1228,7 +1345,7 @@ type RosterResponse struct {
 
 func (x *RosterResponse) Reset() {
 	*x = RosterResponse{}
-	mi := &file_wire_proto_msgTypes[15]
+	mi := &file_wire_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1240,7 +1357,7 @@ func (x *RosterResponse) String() string {
 func (*RosterResponse) ProtoMessage() {}
 
 func (x *RosterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[15]
+	mi := &file_wire_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1253,7 +1370,7 @@ func (x *RosterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RosterResponse.ProtoReflect.Descriptor instead.
 func (*RosterResponse) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{15}
+	return file_wire_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RosterResponse) GetOps() []*Signed {
@@ -1274,7 +1391,7 @@ type GroupRecord struct {
 
 func (x *GroupRecord) Reset() {
 	*x = GroupRecord{}
-	mi := &file_wire_proto_msgTypes[16]
+	mi := &file_wire_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1286,7 +1403,7 @@ func (x *GroupRecord) String() string {
 func (*GroupRecord) ProtoMessage() {}
 
 func (x *GroupRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[16]
+	mi := &file_wire_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1299,7 +1416,7 @@ func (x *GroupRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupRecord.ProtoReflect.Descriptor instead.
 func (*GroupRecord) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{16}
+	return file_wire_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GroupRecord) GetCreateOp() *Signed {
@@ -1327,7 +1444,7 @@ type KeyRecord struct {
 
 func (x *KeyRecord) Reset() {
 	*x = KeyRecord{}
-	mi := &file_wire_proto_msgTypes[17]
+	mi := &file_wire_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1339,7 +1456,7 @@ func (x *KeyRecord) String() string {
 func (*KeyRecord) ProtoMessage() {}
 
 func (x *KeyRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[17]
+	mi := &file_wire_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1352,7 +1469,7 @@ func (x *KeyRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyRecord.ProtoReflect.Descriptor instead.
 func (*KeyRecord) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{17}
+	return file_wire_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *KeyRecord) GetSecret() []byte {
@@ -1381,7 +1498,7 @@ type MessageRecord struct {
 
 func (x *MessageRecord) Reset() {
 	*x = MessageRecord{}
-	mi := &file_wire_proto_msgTypes[18]
+	mi := &file_wire_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1393,7 +1510,7 @@ func (x *MessageRecord) String() string {
 func (*MessageRecord) ProtoMessage() {}
 
 func (x *MessageRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[18]
+	mi := &file_wire_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1406,7 +1523,7 @@ func (x *MessageRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MessageRecord.ProtoReflect.Descriptor instead.
 func (*MessageRecord) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{18}
+	return file_wire_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *MessageRecord) GetEnvelope() *Signed {
@@ -1442,7 +1559,7 @@ type SeqRanges struct {
 
 func (x *SeqRanges) Reset() {
 	*x = SeqRanges{}
-	mi := &file_wire_proto_msgTypes[19]
+	mi := &file_wire_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1454,7 +1571,7 @@ func (x *SeqRanges) String() string {
 func (*SeqRanges) ProtoMessage() {}
 
 func (x *SeqRanges) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[19]
+	mi := &file_wire_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1467,7 +1584,7 @@ func (x *SeqRanges) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SeqRanges.ProtoReflect.Descriptor instead.
 func (*SeqRanges) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{19}
+	return file_wire_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SeqRanges) GetSender() []byte {
@@ -1496,7 +1613,7 @@ type SyncRequest struct {
 
 func (x *SyncRequest) Reset() {
 	*x = SyncRequest{}
-	mi := &file_wire_proto_msgTypes[20]
+	mi := &file_wire_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1508,7 +1625,7 @@ func (x *SyncRequest) String() string {
 func (*SyncRequest) ProtoMessage() {}
 
 func (x *SyncRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[20]
+	mi := &file_wire_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1521,7 +1638,7 @@ func (x *SyncRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncRequest.ProtoReflect.Descriptor instead.
 func (*SyncRequest) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{20}
+	return file_wire_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SyncRequest) GetGroupId() []byte {
@@ -1557,7 +1674,7 @@ type SyncResponse struct {
 
 func (x *SyncResponse) Reset() {
 	*x = SyncResponse{}
-	mi := &file_wire_proto_msgTypes[21]
+	mi := &file_wire_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1569,7 +1686,7 @@ func (x *SyncResponse) String() string {
 func (*SyncResponse) ProtoMessage() {}
 
 func (x *SyncResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[21]
+	mi := &file_wire_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1582,7 +1699,7 @@ func (x *SyncResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncResponse.ProtoReflect.Descriptor instead.
 func (*SyncResponse) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{21}
+	return file_wire_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SyncResponse) GetEnvelopes() []*Signed {
@@ -1614,7 +1731,7 @@ type Invite struct {
 
 func (x *Invite) Reset() {
 	*x = Invite{}
-	mi := &file_wire_proto_msgTypes[22]
+	mi := &file_wire_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1626,7 +1743,7 @@ func (x *Invite) String() string {
 func (*Invite) ProtoMessage() {}
 
 func (x *Invite) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[22]
+	mi := &file_wire_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1639,7 +1756,7 @@ func (x *Invite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Invite.ProtoReflect.Descriptor instead.
 func (*Invite) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{22}
+	return file_wire_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Invite) GetGroupId() []byte {
@@ -1681,7 +1798,7 @@ type AddrRecord struct {
 
 func (x *AddrRecord) Reset() {
 	*x = AddrRecord{}
-	mi := &file_wire_proto_msgTypes[23]
+	mi := &file_wire_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1693,7 +1810,7 @@ func (x *AddrRecord) String() string {
 func (*AddrRecord) ProtoMessage() {}
 
 func (x *AddrRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[23]
+	mi := &file_wire_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1706,7 +1823,7 @@ func (x *AddrRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddrRecord.ProtoReflect.Descriptor instead.
 func (*AddrRecord) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{23}
+	return file_wire_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *AddrRecord) GetAddrs() [][]byte {
@@ -1733,7 +1850,7 @@ const file_wire_proto_rawDesc = "" +
 	"\x04kind\x18\x01 \x01(\x0e2\x15.p2pchat.wire.v1.KindR\x04kind\x12\x12\n" +
 	"\x04body\x18\x02 \x01(\fR\x04body\x12\x1c\n" +
 	"\tsignature\x18\x03 \x01(\fR\tsignature\x12\x16\n" +
-	"\x06signer\x18\x04 \x01(\fR\x06signer\"\x9b\x02\n" +
+	"\x06signer\x18\x04 \x01(\fR\x06signer\"\xc5\x02\n" +
 	"\x02Op\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\fR\agroupId\x12\x16\n" +
 	"\x06author\x18\x02 \x01(\fR\x06author\x12\x18\n" +
@@ -1742,7 +1859,8 @@ const file_wire_proto_rawDesc = "" +
 	" \x01(\v2\x17.p2pchat.wire.v1.CreateH\x00R\x06create\x12(\n" +
 	"\x03add\x18\v \x01(\v2\x14.p2pchat.wire.v1.AddH\x00R\x03add\x121\n" +
 	"\x06remove\x18\f \x01(\v2\x17.p2pchat.wire.v1.RemoveH\x00R\x06remove\x12.\n" +
-	"\x05leave\x18\r \x01(\v2\x16.p2pchat.wire.v1.LeaveH\x00R\x05leaveB\b\n" +
+	"\x05leave\x18\r \x01(\v2\x16.p2pchat.wire.v1.LeaveH\x00R\x05leave\x12(\n" +
+	"\x03ack\x18\x0e \x01(\v2\x14.p2pchat.wire.v1.AckH\x00R\x03ackB\b\n" +
 	"\x06action\"2\n" +
 	"\x06Create\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
@@ -1753,7 +1871,12 @@ const file_wire_proto_rawDesc = "" +
 	"\rparent_key_id\x18\x03 \x01(\fR\vparentKeyId\" \n" +
 	"\x06Remove\x12\x16\n" +
 	"\x06member\x18\x01 \x01(\fR\x06member\"\a\n" +
-	"\x05Leave\"\xd7\x01\n" +
+	"\x05Leave\"5\n" +
+	"\x03Ack\x12.\n" +
+	"\x05marks\x18\x01 \x03(\v2\x18.p2pchat.wire.v1.SeqMarkR\x05marks\"/\n" +
+	"\aSeqMark\x12\x12\n" +
+	"\x04peer\x18\x01 \x01(\fR\x04peer\x12\x10\n" +
+	"\x03seq\x18\x02 \x01(\x04R\x03seq\"\xd7\x01\n" +
 	"\aKeyMeta\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\fR\agroupId\x12\x15\n" +
 	"\x06key_id\x18\x02 \x01(\fR\x05keyId\x12\x18\n" +
@@ -1864,7 +1987,7 @@ func file_wire_proto_rawDescGZIP() []byte {
 }
 
 var file_wire_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_wire_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_wire_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_wire_proto_goTypes = []any{
 	(Kind)(0),              // 0: p2pchat.wire.v1.Kind
 	(Role)(0),              // 1: p2pchat.wire.v1.Role
@@ -1874,24 +1997,26 @@ var file_wire_proto_goTypes = []any{
 	(*Add)(nil),            // 5: p2pchat.wire.v1.Add
 	(*Remove)(nil),         // 6: p2pchat.wire.v1.Remove
 	(*Leave)(nil),          // 7: p2pchat.wire.v1.Leave
-	(*KeyMeta)(nil),        // 8: p2pchat.wire.v1.KeyMeta
-	(*KeyTransfer)(nil),    // 9: p2pchat.wire.v1.KeyTransfer
-	(*KeyTransferAck)(nil), // 10: p2pchat.wire.v1.KeyTransferAck
-	(*KeyRequest)(nil),     // 11: p2pchat.wire.v1.KeyRequest
-	(*Envelope)(nil),       // 12: p2pchat.wire.v1.Envelope
-	(*Content)(nil),        // 13: p2pchat.wire.v1.Content
-	(*TopicMessage)(nil),   // 14: p2pchat.wire.v1.TopicMessage
-	(*EnvelopeBatch)(nil),  // 15: p2pchat.wire.v1.EnvelopeBatch
-	(*RosterRequest)(nil),  // 16: p2pchat.wire.v1.RosterRequest
-	(*RosterResponse)(nil), // 17: p2pchat.wire.v1.RosterResponse
-	(*GroupRecord)(nil),    // 18: p2pchat.wire.v1.GroupRecord
-	(*KeyRecord)(nil),      // 19: p2pchat.wire.v1.KeyRecord
-	(*MessageRecord)(nil),  // 20: p2pchat.wire.v1.MessageRecord
-	(*SeqRanges)(nil),      // 21: p2pchat.wire.v1.SeqRanges
-	(*SyncRequest)(nil),    // 22: p2pchat.wire.v1.SyncRequest
-	(*SyncResponse)(nil),   // 23: p2pchat.wire.v1.SyncResponse
-	(*Invite)(nil),         // 24: p2pchat.wire.v1.Invite
-	(*AddrRecord)(nil),     // 25: p2pchat.wire.v1.AddrRecord
+	(*Ack)(nil),            // 8: p2pchat.wire.v1.Ack
+	(*SeqMark)(nil),        // 9: p2pchat.wire.v1.SeqMark
+	(*KeyMeta)(nil),        // 10: p2pchat.wire.v1.KeyMeta
+	(*KeyTransfer)(nil),    // 11: p2pchat.wire.v1.KeyTransfer
+	(*KeyTransferAck)(nil), // 12: p2pchat.wire.v1.KeyTransferAck
+	(*KeyRequest)(nil),     // 13: p2pchat.wire.v1.KeyRequest
+	(*Envelope)(nil),       // 14: p2pchat.wire.v1.Envelope
+	(*Content)(nil),        // 15: p2pchat.wire.v1.Content
+	(*TopicMessage)(nil),   // 16: p2pchat.wire.v1.TopicMessage
+	(*EnvelopeBatch)(nil),  // 17: p2pchat.wire.v1.EnvelopeBatch
+	(*RosterRequest)(nil),  // 18: p2pchat.wire.v1.RosterRequest
+	(*RosterResponse)(nil), // 19: p2pchat.wire.v1.RosterResponse
+	(*GroupRecord)(nil),    // 20: p2pchat.wire.v1.GroupRecord
+	(*KeyRecord)(nil),      // 21: p2pchat.wire.v1.KeyRecord
+	(*MessageRecord)(nil),  // 22: p2pchat.wire.v1.MessageRecord
+	(*SeqRanges)(nil),      // 23: p2pchat.wire.v1.SeqRanges
+	(*SyncRequest)(nil),    // 24: p2pchat.wire.v1.SyncRequest
+	(*SyncResponse)(nil),   // 25: p2pchat.wire.v1.SyncResponse
+	(*Invite)(nil),         // 26: p2pchat.wire.v1.Invite
+	(*AddrRecord)(nil),     // 27: p2pchat.wire.v1.AddrRecord
 }
 var file_wire_proto_depIdxs = []int32{
 	0,  // 0: p2pchat.wire.v1.Signed.kind:type_name -> p2pchat.wire.v1.Kind
@@ -1899,25 +2024,27 @@ var file_wire_proto_depIdxs = []int32{
 	5,  // 2: p2pchat.wire.v1.Op.add:type_name -> p2pchat.wire.v1.Add
 	6,  // 3: p2pchat.wire.v1.Op.remove:type_name -> p2pchat.wire.v1.Remove
 	7,  // 4: p2pchat.wire.v1.Op.leave:type_name -> p2pchat.wire.v1.Leave
-	1,  // 5: p2pchat.wire.v1.Add.role:type_name -> p2pchat.wire.v1.Role
-	2,  // 6: p2pchat.wire.v1.KeyTransfer.meta:type_name -> p2pchat.wire.v1.Signed
-	2,  // 7: p2pchat.wire.v1.KeyTransfer.roster_ops:type_name -> p2pchat.wire.v1.Signed
-	2,  // 8: p2pchat.wire.v1.TopicMessage.envelope:type_name -> p2pchat.wire.v1.Signed
-	2,  // 9: p2pchat.wire.v1.TopicMessage.roster_op:type_name -> p2pchat.wire.v1.Signed
-	2,  // 10: p2pchat.wire.v1.TopicMessage.key_request:type_name -> p2pchat.wire.v1.Signed
-	15, // 11: p2pchat.wire.v1.TopicMessage.envelope_batch:type_name -> p2pchat.wire.v1.EnvelopeBatch
-	2,  // 12: p2pchat.wire.v1.EnvelopeBatch.envelopes:type_name -> p2pchat.wire.v1.Signed
-	2,  // 13: p2pchat.wire.v1.RosterResponse.ops:type_name -> p2pchat.wire.v1.Signed
-	2,  // 14: p2pchat.wire.v1.GroupRecord.create_op:type_name -> p2pchat.wire.v1.Signed
-	8,  // 15: p2pchat.wire.v1.KeyRecord.meta:type_name -> p2pchat.wire.v1.KeyMeta
-	2,  // 16: p2pchat.wire.v1.MessageRecord.envelope:type_name -> p2pchat.wire.v1.Signed
-	21, // 17: p2pchat.wire.v1.SyncRequest.have:type_name -> p2pchat.wire.v1.SeqRanges
-	2,  // 18: p2pchat.wire.v1.SyncResponse.envelopes:type_name -> p2pchat.wire.v1.Signed
-	19, // [19:19] is the sub-list for method output_type
-	19, // [19:19] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	8,  // 5: p2pchat.wire.v1.Op.ack:type_name -> p2pchat.wire.v1.Ack
+	1,  // 6: p2pchat.wire.v1.Add.role:type_name -> p2pchat.wire.v1.Role
+	9,  // 7: p2pchat.wire.v1.Ack.marks:type_name -> p2pchat.wire.v1.SeqMark
+	2,  // 8: p2pchat.wire.v1.KeyTransfer.meta:type_name -> p2pchat.wire.v1.Signed
+	2,  // 9: p2pchat.wire.v1.KeyTransfer.roster_ops:type_name -> p2pchat.wire.v1.Signed
+	2,  // 10: p2pchat.wire.v1.TopicMessage.envelope:type_name -> p2pchat.wire.v1.Signed
+	2,  // 11: p2pchat.wire.v1.TopicMessage.roster_op:type_name -> p2pchat.wire.v1.Signed
+	2,  // 12: p2pchat.wire.v1.TopicMessage.key_request:type_name -> p2pchat.wire.v1.Signed
+	17, // 13: p2pchat.wire.v1.TopicMessage.envelope_batch:type_name -> p2pchat.wire.v1.EnvelopeBatch
+	2,  // 14: p2pchat.wire.v1.EnvelopeBatch.envelopes:type_name -> p2pchat.wire.v1.Signed
+	2,  // 15: p2pchat.wire.v1.RosterResponse.ops:type_name -> p2pchat.wire.v1.Signed
+	2,  // 16: p2pchat.wire.v1.GroupRecord.create_op:type_name -> p2pchat.wire.v1.Signed
+	10, // 17: p2pchat.wire.v1.KeyRecord.meta:type_name -> p2pchat.wire.v1.KeyMeta
+	2,  // 18: p2pchat.wire.v1.MessageRecord.envelope:type_name -> p2pchat.wire.v1.Signed
+	23, // 19: p2pchat.wire.v1.SyncRequest.have:type_name -> p2pchat.wire.v1.SeqRanges
+	2,  // 20: p2pchat.wire.v1.SyncResponse.envelopes:type_name -> p2pchat.wire.v1.Signed
+	21, // [21:21] is the sub-list for method output_type
+	21, // [21:21] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_wire_proto_init() }
@@ -1930,8 +2057,9 @@ func file_wire_proto_init() {
 		(*Op_Add)(nil),
 		(*Op_Remove)(nil),
 		(*Op_Leave)(nil),
+		(*Op_Ack)(nil),
 	}
-	file_wire_proto_msgTypes[12].OneofWrappers = []any{
+	file_wire_proto_msgTypes[14].OneofWrappers = []any{
 		(*TopicMessage_Envelope)(nil),
 		(*TopicMessage_RosterOp)(nil),
 		(*TopicMessage_KeyRequest)(nil),
@@ -1943,7 +2071,7 @@ func file_wire_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_wire_proto_rawDesc), len(file_wire_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   24,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
