@@ -283,11 +283,14 @@ type Stats struct {
 	EnvelopesSynced      uint64 // envelopes stored from history sync
 	EnvelopesPublished   uint64 // our envelopes published on group topics
 	TopicMessagesSent    uint64 // topic messages that carried them (fewer when batched)
+	OpsRefused           uint64 // roster ops of removed members refused (validator or admission)
+	EnvelopesRefused     uint64 // envelopes refused by the sender rule, on any path
 }
 
 type stats struct {
 	keyTransfersSent, keyTransfersAccepted, keyRequestsSent, keysGenerated, envelopesSynced atomic.Uint64
 	envelopesPublished, topicMessagesSent                                                   atomic.Uint64
+	opsRefused, envelopesRefused                                                            atomic.Uint64
 }
 
 // Stats returns the node's counters.
@@ -300,5 +303,7 @@ func (n *Node) Stats() Stats {
 		EnvelopesSynced:      n.stats.envelopesSynced.Load(),
 		EnvelopesPublished:   n.stats.envelopesPublished.Load(),
 		TopicMessagesSent:    n.stats.topicMessagesSent.Load(),
+		OpsRefused:           n.stats.opsRefused.Load(),
+		EnvelopesRefused:     n.stats.envelopesRefused.Load(),
 	}
 }

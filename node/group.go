@@ -61,6 +61,9 @@ type Group struct {
 	reqBudget         map[peer.ID]*tokenBucket    // key requests accepted per requester
 	answered          answeredRequests            // key requests answered; its own lock
 	rotateAt          time.Time                   // designated rotation deadline; zero when none
+	ackAt             time.Time                   // when to sign an ack; zero when none is due
+	toMark            map[peer.ID]bool            // departed peers the next ack marks
+	highSeq           map[peer.ID]uint64          // highest envelope seq stored, per sender (this run)
 	fetching          map[peer.ID]bool            // roster fetches running, by peer
 	syncing           map[peer.ID]bool            // history syncs running, by peer
 	resyncAt          map[peer.ID]time.Time       // syncs due once the mesh settles
@@ -100,6 +103,8 @@ func (n *Node) startGroup(r *roster.Roster, left, isNew bool) (*Group, error) {
 		ingestQ:    make(chan heldEnvelope, 4*ingestBatch),
 		syncing:    make(map[peer.ID]bool),
 		resyncAt:   make(map[peer.ID]time.Time),
+		toMark:     make(map[peer.ID]bool),
+		highSeq:    make(map[peer.ID]uint64),
 	}
 	g.ctx, g.cancel = context.WithCancel(n.ctx)
 	if err := g.loadKeys(); err != nil {
@@ -967,6 +972,7 @@ func (g *Group) rosterChangedLocked() {
 		}
 		return
 	}
+	g.scheduleAckLocked(removed)
 	g.recheckHeldLocked()
 	if len(removed) > 0 && g.sendingKeyLocked() == nil && g.isDesignatedRotatorLocked(st) {
 		g.rotateAt = time.Now().Add(g.n.params.RotationGrace)
@@ -1000,6 +1006,7 @@ func (g *Group) noteSendingKeyLocked() {
 // rotateLocked generates a key for the current roster state and stores it.
 // The caller distributes it.
 func (g *Group) rotateLocked() (*keyring.Key, error) {
+	g.mergeHeadsLocked()
 	st := g.roster.State()
 	k, err := keyring.Generate(g.n.rand, g.id, g.n.self, st.Heads, st.MemberIDs())
 	if err != nil {

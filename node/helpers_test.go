@@ -284,6 +284,9 @@ type spy struct {
 	mu        sync.Mutex
 	envelopes []*gossip.Envelope
 	transfers []*wire.KeyTransfer
+	// answerSync, when set, answers history sync requests (a malicious
+	// responder); otherwise the spy refuses them.
+	answerSync func(peer.ID, *wire.SyncRequest) (*wire.SyncResponse, bool)
 }
 
 func newSpy(t testing.TB, identity crypto.PrivKey) *spy {
@@ -310,7 +313,15 @@ func newSpy(t testing.TB, identity crypto.PrivKey) *spy {
 			return true
 		},
 		Roster: func(peer.ID, [32]byte) ([]*wire.Signed, bool) { return nil, false },
-		Sync:   func(peer.ID, *wire.SyncRequest) (*wire.SyncResponse, bool) { return nil, false },
+		Sync: func(from peer.ID, req *wire.SyncRequest) (*wire.SyncResponse, bool) {
+			s.mu.Lock()
+			answer := s.answerSync
+			s.mu.Unlock()
+			if answer == nil {
+				return nil, false
+			}
+			return answer(from, req)
+		},
 	})
 	t.Cleanup(func() {
 		if s.sub != nil {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"errors"
 	"math/rand/v2"
 	"slices"
 	"time"
@@ -87,24 +86,16 @@ func (g *Group) judgeOp(from peer.ID, op *roster.Op) pubsub.ValidationResult {
 		return pubsub.ValidationIgnore
 	case !g.roster.Knows(op.Parents):
 		return pubsub.ValidationAccept
-	case !g.everNamedLocked(op.Author):
+	case !g.roster.EverAdded(op.Author):
 		return pubsub.ValidationReject
+	case g.roster.WouldRefuse(op):
+		// A removed member's op: not applied, not forwarded. Not rejected
+		// either: an honest peer that has not seen the removal yet may
+		// forward it in good faith.
+		g.n.stats.opsRefused.Add(1)
+		return pubsub.ValidationIgnore
 	}
 	return pubsub.ValidationAccept
-}
-
-// everNamedLocked reports whether p is the founder or the target of an add
-// op in the roster.
-func (g *Group) everNamedLocked(p peer.ID) bool {
-	if g.roster.Founder() == p || g.roster.IsMember(p) {
-		return true
-	}
-	for _, op := range g.roster.Ops() {
-		if op.Kind == roster.KindAdd && op.Member == p {
-			return true
-		}
-	}
-	return false
 }
 
 func (g *Group) judgeEnvelope(from peer.ID, e *gossip.Envelope) pubsub.ValidationResult {
@@ -113,20 +104,25 @@ func (g *Group) judgeEnvelope(from peer.ID, e *gossip.Envelope) pubsub.Validatio
 	}
 	g.mu.Lock()
 	member := g.roster.IsMember(e.Sender)
-	known := g.roster.Knows(e.RosterHeads)
-	if !member && !known {
+	if !member && !g.roster.Knows(e.RosterHeads) && !g.roster.EverAdded(e.Sender) {
 		// The sender names roster ops we have not seen: perhaps its own add.
 		// Keep the message and fetch the roster; do not forward what we
 		// cannot vouch for.
-		if len(g.held) < maxHeldEnvelopes {
-			g.held = append(g.held, heldEnvelope{from: from, env: e})
-		}
+		g.holdLocked(from, e)
 		g.mu.Unlock()
 		g.fetchRoster(from)
 		return pubsub.ValidationIgnore
 	}
+	verdict := g.judgeSenderLocked(e.Sender, e.Seq)
+	if verdict == senderHold {
+		g.holdLocked(from, e)
+	}
 	g.mu.Unlock()
-	if !member {
+	switch verdict {
+	case senderHold:
+		return pubsub.ValidationIgnore
+	case senderReject:
+		g.n.stats.envelopesRefused.Add(1)
 		return pubsub.ValidationReject
 	}
 	return g.judgeReplay(e)
@@ -262,19 +258,19 @@ func (g *Group) markUndecryptable(e *gossip.Envelope, now time.Time) {
 // and trigger a roster fetch from the peer that sent them.
 func (g *Group) onOps(from peer.ID, ops []*roster.Op) {
 	g.mu.Lock()
-	var applied []*roster.Op
+	batch := ops[:0:0]
 	for _, op := range ops {
 		if !g.roster.Knows(op.Parents) && g.roster.PendingCount() >= maxPendingOps {
 			continue // a flood of ops with invented parents; a later sync brings real ones
 		}
-		a, err := g.roster.Insert(op)
-		if err != nil {
-			if !errors.Is(err, roster.ErrNotAuthorized) {
-				g.n.log.Debug("roster op refused", "group", g.id.ShortString(), "err", err)
-			}
-			continue
-		}
-		applied = append(applied, a...)
+		batch = append(batch, op)
+	}
+	// Admit refuses the ops of a member this node has counted out (§4.4):
+	// a removed member's ops, backdated or not, add nothing here.
+	applied, refused := g.roster.Admit(batch)
+	if refused > 0 {
+		g.n.stats.opsRefused.Add(uint64(refused))
+		g.n.log.Debug("roster ops of removed members refused", "group", g.id.ShortString(), "count", refused)
 	}
 	if err := g.appliedLocked(applied); err != nil {
 		g.n.log.Warn("apply roster ops", "group", g.id.ShortString(), "err", err)
@@ -361,20 +357,23 @@ func (g *Group) peerLoop(ctx context.Context, h *pubsub.TopicEventHandler) {
 }
 
 // recheckHeldLocked delivers held envelopes whose sender the roster now
-// names, and drops those it now rules out.
+// accepts (judgeSenderLocked), and drops those it now rules out.
 func (g *Group) recheckHeldLocked() {
 	if len(g.held) == 0 {
 		return
 	}
-	st := g.roster.State()
 	var keep []heldEnvelope
 	var ready []heldEnvelope
 	for _, h := range g.held {
-		switch {
-		case st.IsMember(h.env.Sender):
+		switch g.judgeSenderLocked(h.env.Sender, h.env.Seq) {
+		case senderAccept:
 			ready = append(ready, h)
-		case !g.roster.Knows(h.env.RosterHeads):
+		case senderHold:
 			keep = append(keep, h)
+		default:
+			if !g.roster.Knows(h.env.RosterHeads) && !g.roster.EverAdded(h.env.Sender) {
+				keep = append(keep, h) // its add may still come
+			}
 		}
 	}
 	g.held = keep
@@ -658,6 +657,14 @@ func (g *Group) tick(now time.Time) time.Time {
 			r.due = now.Add(min(backoff, g.n.params.KeyRequestMaxBackoff))
 			earliest(r.due)
 			sends = append(sends, send{req})
+		}
+		if !g.ackAt.IsZero() {
+			if now.Before(g.ackAt) {
+				earliest(g.ackAt)
+			} else {
+				g.ackAt = time.Time{}
+				g.goTrackedLocked(g.authorAck)
+			}
 		}
 		if !g.rotateAt.IsZero() {
 			if now.Before(g.rotateAt) {

@@ -121,6 +121,12 @@ type Params struct {
 	// conversation is not delayed; a burst leaves in batches. Ignored when
 	// PublishBatch is 1.
 	PublishInterval time.Duration
+	// AckDelay is how long after applying someone's removal or leave the
+	// node waits before it signs an ack of it (docs/protocol.md §4.5): long
+	// enough for the departed member's messages that were in flight to
+	// arrive, so that the ack's mark covers them. Many heads are merged
+	// with an ack after a random delay of up to AckDelay.
+	AckDelay time.Duration
 }
 
 // DefaultParams returns the defaults.
@@ -134,6 +140,7 @@ func DefaultParams() Params {
 		SyncInterval:         30 * time.Second,
 		PublishBatch:         gossip.MaxBatchEnvelopes,
 		PublishInterval:      2 * time.Millisecond,
+		AckDelay:             time.Second,
 	}
 }
 
@@ -147,6 +154,7 @@ func (p Params) withDefaults() Params {
 	orDefault(&p.SyncInterval, d.SyncInterval)
 	orDefault(&p.PublishBatch, d.PublishBatch)
 	orDefault(&p.PublishInterval, d.PublishInterval)
+	orDefault(&p.AckDelay, d.AckDelay)
 	return p
 }
 

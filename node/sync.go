@@ -223,7 +223,7 @@ func (g *Group) syncHistory(ctx context.Context, p peer.ID) error {
 				g.onOps("", ops)
 			}
 		}
-		ok, bad := g.admissible(envs)
+		ok, bad := g.admissible(p, envs)
 		for _, e := range bad {
 			refused[e.Sender] = append(refused[e.Sender], e.Seq)
 		}
@@ -258,22 +258,21 @@ func (g *Group) needsRoster(envs []*gossip.Envelope) bool {
 	return false
 }
 
-// admissible splits synced envelopes into those whose sender was a member
-// of the roster state it sent from (or is a member now), and the rest.
-func (g *Group) admissible(envs []*gossip.Envelope) (ok, refused []*gossip.Envelope) {
+// admissible splits synced envelopes by the rule the topic applies
+// (judgeSenderLocked): accepted ones, and the rest. Those to hold are held
+// (they count as refused here, so the sync does not ask for them again).
+func (g *Group) admissible(from peer.ID, envs []*gossip.Envelope) (ok, refused []*gossip.Envelope) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	cur := g.roster.State()
 	for _, e := range envs {
-		member := cur.IsMember(e.Sender)
-		if !member && g.roster.Knows(e.RosterHeads) {
-			if st, err := g.roster.StateAt(e.RosterHeads); err == nil {
-				member = st.IsMember(e.Sender)
-			}
-		}
-		if member {
+		switch g.judgeSenderLocked(e.Sender, e.Seq) {
+		case senderAccept:
 			ok = append(ok, e)
-		} else {
+		case senderHold:
+			g.holdLocked(from, e)
+			refused = append(refused, e)
+		default:
+			g.n.stats.envelopesRefused.Add(1)
 			refused = append(refused, e)
 		}
 	}
@@ -354,6 +353,9 @@ func (g *Group) ingest(from peer.ID, envs []*gossip.Envelope) (added int) {
 			continue
 		}
 		added++
+		if e.Seq > g.highSeq[e.Sender] {
+			g.highSeq[e.Sender] = e.Seq
+		}
 		m := g.messageLocked(e, now)
 		if m == nil {
 			bad = append(bad, e)

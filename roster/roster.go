@@ -55,6 +55,7 @@ type Roster struct {
 	addsOf   map[peer.ID][]int // add ops targeting a peer; the create op for the founder
 	remsOf   map[peer.ID][]int // remove ops targeting a peer and leave ops by it
 	byAuthor map[peer.ID][]int
+	markers  map[peer.ID][]int // acks by others that mark a peer
 
 	res   *resolution // resolution of all applied ops; nil when stale
 	order []*Op       // cached Ops(); nil when stale
@@ -91,6 +92,7 @@ func New(create *Op) (*Roster, error) {
 		addsOf:   make(map[peer.ID][]int),
 		remsOf:   make(map[peer.ID][]int),
 		byAuthor: make(map[peer.ID][]int),
+		markers:  make(map[peer.ID][]int),
 		atCache:  make(map[string]*State),
 	}
 	r.attach(create, bitset{})
@@ -411,6 +413,11 @@ func (r *Roster) attach(op *Op, anc bitset) {
 		r.remsOf[op.Author] = append(r.remsOf[op.Author], n.idx)
 	}
 	r.byAuthor[op.Author] = append(r.byAuthor[op.Author], n.idx)
+	for _, m := range op.Marks {
+		if m.Peer != op.Author {
+			r.markers[m.Peer] = append(r.markers[m.Peer], n.idx)
+		}
+	}
 }
 
 // EverAdded reports whether p is the founder or the member of some applied
@@ -635,4 +642,48 @@ func (r *Roster) Descends(a, b []OpID) bool {
 		}
 	}
 	return true
+}
+
+// WouldRefuse reports whether admission would refuse op now: its parents
+// are all applied and its author was removed before it (see Admit). A
+// validator uses it to drop a removed member's op without applying it.
+func (r *Roster) WouldRefuse(op *Op) bool {
+	if op == nil || r.Has(op.ID) || len(r.remsOf[op.Author]) == 0 {
+		return false
+	}
+	anc := newBitset(len(r.nodes))
+	for _, p := range op.Parents {
+		pn, ok := r.byID[p]
+		if !ok {
+			return false
+		}
+		anc.or(pn.anc)
+		anc.set(pn.idx)
+	}
+	return r.removedBefore(op.Author, anc) && !r.wanted(op.ID)
+}
+
+// MarkBound returns the highest seq that an ack by another member marks
+// for p, and whether any ack marks p at all (docs/protocol.md §4.5).
+func (r *Roster) MarkBound(p peer.ID) (uint64, bool) {
+	var bound uint64
+	found := false
+	for _, i := range r.markers[p] {
+		for _, m := range r.nodes[i].op.Marks {
+			if m.Peer == p && (!found || m.Seq > bound) {
+				bound, found = m.Seq, true
+			}
+		}
+	}
+	return bound, found
+}
+
+// MarkedBy reports whether author has an applied ack that marks p.
+func (r *Roster) MarkedBy(author, p peer.ID) bool {
+	for _, i := range r.markers[p] {
+		if r.nodes[i].op.Author == author {
+			return true
+		}
+	}
+	return false
 }
