@@ -94,12 +94,26 @@ func (g *Group) authorAck() {
 	g.publishOp(g.ctx, op)
 }
 
-// highestSeqLocked is the highest envelope seq of p this node holds (stored
-// this run, or shown in order).
+// highestSeqLocked is the highest envelope seq of p this node holds:
+// stored this run, shown in order, or held — a departed member's messages
+// that arrive while this node waits AckDelay are held, and the mark must
+// cover them (that wait is what lets in-flight messages count).
 func (g *Group) highestSeqLocked(p peer.ID) uint64 {
 	seq := g.highSeq[p]
 	if o := g.order[p]; o != nil && o.next > 0 && o.next-1 > seq {
 		seq = o.next - 1
+	}
+	// Held ones count only where they continue the sequence without a gap:
+	// a departed member that sends seq 2^63 in this window must not raise
+	// its bound for ever.
+	heldSeqs := make(map[uint64]bool)
+	for _, h := range g.held {
+		if h.env.Sender == p {
+			heldSeqs[h.env.Seq] = true
+		}
+	}
+	for heldSeqs[seq+1] {
+		seq++
 	}
 	return seq
 }
@@ -136,7 +150,8 @@ const (
 
 // judgeSenderLocked is the one rule for an envelope's sender on every path
 // (docs/protocol.md §4.5). A current member's envelope is accepted. A peer
-// the roster never named is refused. A departed member's envelope is
+// the roster never named, or named only by adds that took no effect, is
+// refused. A departed member's envelope is
 // accepted if its seq is at most the highest mark any other member's ack
 // gives for it; otherwise it is held while some current member has not yet
 // marked it, and refused once every current member has. The state an
@@ -145,7 +160,7 @@ func (g *Group) judgeSenderLocked(sender peer.ID, seq uint64) senderVerdict {
 	if g.roster.IsMember(sender) {
 		return senderAccept
 	}
-	if !g.roster.EverAdded(sender) {
+	if !g.roster.EverAdded(sender) || !g.roster.EverMember(sender) {
 		return senderReject
 	}
 	if bound, ok := g.roster.MarkBound(sender); ok && seq <= bound {

@@ -3,6 +3,7 @@ package roster
 import (
 	"container/heap"
 	"errors"
+	"strings"
 	"fmt"
 	"slices"
 
@@ -32,7 +33,7 @@ func (b bitset) or(o bitset) {
 type node struct {
 	op  *Op
 	idx int    // local insertion index; insertion order is topological
-	anc bitset // strict ancestors (all have smaller indices)
+	anc ancSet // strict ancestors (all have smaller indices)
 }
 
 // Roster holds one group's op DAG: the applied ops, the pending ops waiting
@@ -95,7 +96,7 @@ func New(create *Op) (*Roster, error) {
 		markers:  make(map[peer.ID][]int),
 		atCache:  make(map[string]*State),
 	}
-	r.attach(create, bitset{})
+	r.attach(create, ancSet{})
 	return r, nil
 }
 
@@ -195,7 +196,6 @@ func (r *Roster) drain(start *Op) []*Op {
 			applied = append(applied, op)
 		}
 	}
-	r.res, r.order = nil, nil
 	return applied
 }
 
@@ -228,12 +228,11 @@ func (r *Roster) discard(id OpID) {
 // apply attaches an op whose parents are all applied, after checking that
 // its author was ever a member in its causal past.
 func (r *Roster) apply(op *Op) error {
-	anc := newBitset(len(r.nodes))
-	for _, p := range op.Parents {
-		pn := r.byID[p]
-		anc.or(pn.anc)
-		anc.set(pn.idx)
+	ps := make([]*node, len(op.Parents))
+	for i, p := range op.Parents {
+		ps[i] = r.byID[p]
 	}
+	anc := ancestry(ps)
 	if op.Author != r.founder && !r.anyIn(r.addsOf[op.Author], anc) {
 		return fmt.Errorf("%w: op %s by %s", ErrNotAuthorized, op.ID.ShortString(), op.Author)
 	}
@@ -246,15 +245,14 @@ func (r *Roster) apply(op *Op) error {
 
 // pendingAnc returns the causal past of a pending op as far as it is
 // applied: the closure of its applied parents.
-func (r *Roster) pendingAnc(op *Op) bitset {
-	anc := newBitset(len(r.nodes))
+func (r *Roster) pendingAnc(op *Op) ancSet {
+	var ps []*node
 	for _, p := range op.Parents {
 		if pn, ok := r.byID[p]; ok {
-			anc.or(pn.anc)
-			anc.set(pn.idx)
+			ps = append(ps, pn)
 		}
 	}
-	return anc
+	return ancestry(ps)
 }
 
 // forget drops id, refused by admission, from the pending ops without
@@ -283,7 +281,10 @@ func (r *Roster) SetAdmission(on bool) { r.admission = on }
 func (r *Roster) Admit(ops []*Op) (applied []*Op, refused int) {
 	r.admission = true
 	r.refusedInDrain = r.refusedInDrain[:0]
-	r.judge = r.resolution()
+	// A copy: the incremental path extends r.res in place as the batch
+	// applies, and the batch must be judged against the state before it.
+	judge := *r.resolution()
+	r.judge = &judge
 	defer func() { r.refusedInDrain, r.judge = nil, nil }()
 	var notMember []*Op
 	for _, op := range ops {
@@ -328,7 +329,7 @@ func (r *Roster) Admit(ops []*Op) (applied []*Op, refused int) {
 // with every effective removal of it (an op made before a removal that it
 // does not follow with a re-add). Such an op is the author's once it was
 // out; admission refuses it.
-func (r *Roster) removedBefore(author peer.ID, anc bitset) bool {
+func (r *Roster) removedBefore(author peer.ID, anc ancSet) bool {
 	rems := r.remsOf[author]
 	if len(rems) == 0 {
 		return false
@@ -384,7 +385,7 @@ func (r *Roster) wanted(id OpID) bool {
 	return false
 }
 
-func (r *Roster) anyIn(idxs []int, set bitset) bool {
+func (r *Roster) anyIn(idxs []int, set ancSet) bool {
 	for _, i := range idxs {
 		if set.has(i) {
 			return true
@@ -393,11 +394,23 @@ func (r *Roster) anyIn(idxs []int, set bitset) bool {
 	return false
 }
 
-func (r *Roster) attach(op *Op, anc bitset) {
+func (r *Roster) attach(op *Op, anc ancSet) {
 	n := &node{op: op, idx: len(r.nodes), anc: anc}
 	r.nodes = append(r.nodes, n)
-	r.res, r.order = nil, nil
 	r.byID[op.ID] = n
+	incremental := r.res != nil && len(r.res.eff) == n.idx && anc.all == n.idx && op.Kind != KindRemove && op.Kind != KindCreate
+	defer func() {
+		if incremental {
+			// The op follows every applied op and removes no one: nothing
+			// is concurrent with it, so no verdict changes but its own.
+			r.extend(n)
+			if r.order != nil {
+				r.order = append(r.order, op)
+			}
+		} else {
+			r.res, r.order = nil, nil
+		}
+	}()
 	for _, p := range op.Parents {
 		delete(r.heads, p)
 	}
@@ -418,6 +431,44 @@ func (r *Roster) attach(op *Op, anc bitset) {
 			r.markers[m.Peer] = append(r.markers[m.Peer], n.idx)
 		}
 	}
+}
+
+// extend updates the resolution for n, an op that descends from every
+// other applied op and is not a remove: it is incremental resolution's
+// common case (docs/protocol.md §4.3). Such an op is concurrent with
+// nothing, so the strong-removal filter set is unchanged (it filters only
+// ops concurrent with a removal, and n adds no removal edge), every other
+// verdict stands, and n's own verdict is the authority rule against the
+// current state. The result equals a full resolution; the convergence
+// tests check it.
+func (r *Roster) extend(n *node) {
+	res := r.res
+	st := res.state
+	op := n.op
+	res.eff = append(res.eff, false)
+	var e bool
+	switch op.Kind {
+	case KindAdd:
+		role, ok := st.RoleOf(op.Author)
+		e = ok && role == RoleAdmin
+	case KindLeave, KindAck:
+		_, e = st.RoleOf(op.Author)
+	}
+	res.eff[n.idx] = e
+	members := st.Members
+	if e && op.Kind != KindAck {
+		x := op.Member
+		if op.Kind == KindLeave {
+			x = op.Author
+		}
+		members = slices.DeleteFunc(slices.Clone(members), func(m Member) bool { return m.ID == x })
+		if role, ok := r.roleIn(x, func(j int) bool { return res.eff[j] }); ok {
+			i, _ := slices.BinarySearchFunc(members, x, func(m Member, p peer.ID) int { return strings.Compare(string(m.ID), string(p)) })
+			members = slices.Insert(members, i, Member{ID: x, Role: role})
+		}
+	}
+	heads := []OpID{op.ID}
+	res.state = &State{Heads: heads, Size: len(r.nodes), Members: members, Digest: stateDigest(r.id, heads, members)}
 }
 
 // EverAdded reports whether p is the founder or the member of some applied
@@ -612,7 +663,7 @@ func (r *Roster) closure(ids []OpID) (bitset, error) {
 		if !ok {
 			return nil, fmt.Errorf("%w: %s", ErrUnknownOp, id.ShortString())
 		}
-		set.or(n.anc)
+		n.anc.orInto(set)
 		set.set(n.idx)
 	}
 	return set, nil
@@ -651,15 +702,15 @@ func (r *Roster) WouldRefuse(op *Op) bool {
 	if op == nil || r.Has(op.ID) || len(r.remsOf[op.Author]) == 0 {
 		return false
 	}
-	anc := newBitset(len(r.nodes))
-	for _, p := range op.Parents {
+	ps := make([]*node, len(op.Parents))
+	for i, p := range op.Parents {
 		pn, ok := r.byID[p]
 		if !ok {
 			return false
 		}
-		anc.or(pn.anc)
-		anc.set(pn.idx)
+		ps[i] = pn
 	}
+	anc := ancestry(ps)
 	return r.removedBefore(op.Author, anc) && !r.wanted(op.ID)
 }
 
@@ -682,6 +733,20 @@ func (r *Roster) MarkBound(p peer.ID) (uint64, bool) {
 func (r *Roster) MarkedBy(author, p peer.ID) bool {
 	for _, i := range r.markers[p] {
 		if r.nodes[i].op.Author == author {
+			return true
+		}
+	}
+	return false
+}
+
+// EverMember reports whether some add of p (or the create op, for the
+// founder) is effective: whether p was a member at some point of the
+// current resolution. A peer only named by adds that took no effect never
+// was, and has nothing it may have said as a member.
+func (r *Roster) EverMember(p peer.ID) bool {
+	res := r.resolution()
+	for _, i := range r.addsOf[p] {
+		if res.eff[i] {
 			return true
 		}
 	}

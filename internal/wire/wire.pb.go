@@ -560,10 +560,10 @@ func (*Leave) Descriptor() ([]byte, []int) {
 }
 
 // Ack changes no membership. Its author states, through its parents, which
-// ops it has applied: acks make ops stable (docs/protocol.md §4.4) and merge
-// heads. marks name, for each peer that stopped being a member since the
+// ops it has applied (so an ack merges heads, docs/protocol.md §4.5). marks
+// name, for each peer that stopped being a member since the
 // author's previous ack, the highest envelope seq of that peer the author
-// holds; they bound what a removed member may still have said (§4.6).
+// holds; they bound what a removed member may still have said (§4.5).
 type Ack struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Marks         []*SeqMark             `protobuf:"bytes,1,rep,name=marks,proto3" json:"marks,omitempty"` // at most 64, distinct peers
