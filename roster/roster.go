@@ -3,9 +3,9 @@ package roster
 import (
 	"container/heap"
 	"errors"
-	"strings"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 )
