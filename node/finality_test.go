@@ -282,6 +282,21 @@ func TestRemovedMemberCannotInflateHeads(t *testing.T) {
 			t.Fatalf("%s holds %d roster heads after the flood", h.ID().ShortString(), n)
 		}
 	}
+	// Ops that name the refused ones as parents wait as pending (their
+	// parents are unknown), but a removed member's share is capped.
+	for i := range flood {
+		op := must(roster.NewAck(pPriv, gid, []roster.OpID{flooded[i].ID}, nil))
+		publishOp(sp, op)
+		if (i+1)%25 == 0 {
+			time.Sleep(20 * time.Millisecond) // GossipSub's per-peer queue holds 32
+		}
+	}
+	eventually(t, 10*time.Second, "X holds the most pending ops a non-member may have", func() bool {
+		g := X.mustGroup(gid)
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		return g.roster.PendingBy(P.ID()) == maxPendingPerAuthor
+	})
 	// The next removal's key reaches every remaining member.
 	if err := X.mustGroup(gid).Remove(ctx, N.ID()); err != nil {
 		t.Fatal(err)

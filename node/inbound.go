@@ -22,6 +22,9 @@ import (
 const (
 	maxHeldEnvelopes = 1024 // envelopes held for a roster we lack
 	maxPendingOps    = 4096 // roster ops waiting for their parents
+	// maxPendingPerAuthor bounds the pending ops of one author that is not
+	// a member (a newcomer's first ops before its add arrives need few).
+	maxPendingPerAuthor = 64
 
 	// firstContactWindow is how long the first message seen from a sender
 	// waits for earlier ones: enough for messages racing through pubsub's
@@ -260,8 +263,13 @@ func (g *Group) onOps(from peer.ID, ops []*roster.Op) {
 	g.mu.Lock()
 	batch := ops[:0:0]
 	for _, op := range ops {
-		if !g.roster.Knows(op.Parents) && g.roster.PendingCount() >= maxPendingOps {
-			continue // a flood of ops with invented parents; a later sync brings real ones
+		if !g.roster.Knows(op.Parents) && (g.roster.PendingCount() >= maxPendingOps ||
+			(!g.roster.IsMember(op.Author) && g.roster.PendingBy(op.Author) >= maxPendingPerAuthor)) {
+			// A flood of ops with invented parents (or naming ops refused
+			// as a removed member's): a later sync brings real ones. A
+			// non-member's share is capped so it cannot crowd out a new
+			// member's ops that arrived before its add.
+			continue
 		}
 		batch = append(batch, op)
 	}

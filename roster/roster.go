@@ -515,6 +515,17 @@ func (r *Roster) Missing() []OpID {
 	return sortedIDs(set)
 }
 
+// PendingBy returns the number of pending ops authored by p.
+func (r *Roster) PendingBy(p peer.ID) int {
+	n := 0
+	for _, op := range r.pending {
+		if op.Author == p {
+			n++
+		}
+	}
+	return n
+}
+
 // PendingCount returns the number of ops waiting for parents.
 func (r *Roster) PendingCount() int { return len(r.pending) }
 
