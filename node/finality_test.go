@@ -421,3 +421,87 @@ func TestRemovedMemberCannotInjectViaSync(t *testing.T) {
 		}
 	}
 }
+
+// TestResolutionStaysBounded: a removed member floods the group with a
+// chain of 1000 leave ops and 1000 backdated acks. Before admission each
+// applied op re-resolved the whole roster (a 10,000-op chain delayed a
+// message 30.9 s). Now no op of the flood is applied, the roster does not
+// grow, at most maxPendingPerAuthor wait as pending, and members keep
+// talking while it arrives. (Its CPU cost per op is measured by
+// BenchmarkRefuseRemovedFlood in roster/, not asserted here.)
+func TestResolutionStaysBounded(t *testing.T) {
+	nodes := newTestNodes(t, 3)
+	X, M, P := nodes[0], nodes[1], nodes[2]
+	gid := formGroup(t, nodes)
+	oldHeads := P.rosterHeads(gid)
+	oldKey := X.mustGroup(gid).SendingKeyID()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := X.mustGroup(gid).Remove(ctx, P.ID()); err != nil {
+		t.Fatal(err)
+	}
+	waitSameSendingKey(t, []*testNode{X, M}, gid, oldKey)
+	pPriv := P.Node.priv
+	sp := impersonate(t, P, gid, []*testNode{X, M})
+	lenBefore := func(n *testNode) int {
+		g := n.mustGroup(gid)
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		return g.roster.Len()
+	}
+	xLen, mLen := lenBefore(X), lenBefore(M)
+	refusedBefore := X.Stats().OpsRefused
+	const chain, backdated = 1000, 1000
+	prev := oldHeads
+	var talk []*Message
+	for i := range chain + backdated {
+		var op *roster.Op
+		if i < chain {
+			op = must(roster.NewLeave(pPriv, gid, prev))
+			prev = []roster.OpID{op.ID}
+		} else {
+			op = must(roster.NewAck(pPriv, gid, oldHeads, []roster.Mark{{Peer: X.ID(), Seq: uint64(i)}}))
+		}
+		publishOp(sp, op)
+		if (i+1)%25 == 0 {
+			time.Sleep(10 * time.Millisecond) // GossipSub's per-peer queue holds 32
+		}
+		if (i+1)%250 == 0 {
+			talk = append(talk, X.send(gid, fmt.Sprintf("during the flood %d", i)))
+		}
+	}
+	eventually(t, 20*time.Second, "X refused the first of the chain and every backdated ack", func() bool {
+		return X.Stats().OpsRefused >= refusedBefore+1+backdated
+	})
+	for _, m := range talk {
+		eventually(t, 20*time.Second, "M reads X during the flood", func() bool { return M.rec.readable(gid)[m.ID()] == m.Text })
+	}
+	for _, n := range []*testNode{X, M} {
+		g := n.mustGroup(gid)
+		g.mu.Lock()
+		l, pend := g.roster.Len(), g.roster.PendingBy(P.ID())
+		g.mu.Unlock()
+		want := xLen
+		if n == M {
+			want = mLen
+		}
+		// Acks merge heads, so honest ops may be added meanwhile; none of P's.
+		if l < want {
+			t.Fatalf("roster shrank")
+		}
+		g.mu.Lock()
+		byP := 0
+		for _, op := range g.roster.Ops() {
+			if op.Author == P.ID() && (op.Kind == roster.KindLeave || op.Kind == roster.KindAck) {
+				byP++
+			}
+		}
+		g.mu.Unlock()
+		if byP != 0 {
+			t.Fatalf("%s applied %d ops of the flood", n.ID().ShortString(), byP)
+		}
+		if pend > maxPendingPerAuthor {
+			t.Fatalf("%s holds %d pending ops of the removed member", n.ID().ShortString(), pend)
+		}
+	}
+}
