@@ -262,8 +262,8 @@ func TestRemovedMemberCannotInflateHeads(t *testing.T) {
 		flooded = append(flooded, op)
 		publishOp(sp, op)
 		if (i+1)%25 == 0 {
-			// GossipSub's per-peer queue holds 32 messages: pace the flood
-			// so that it is all delivered, not dropped by the spy's router.
+			// Pace the flood: the check below shows each part arrived
+			// and was refused before the next is sent.
 			eventually(t, 10*time.Second, "X refused this part of the flood", func() bool {
 				return X.Stats().OpsRefused >= before+uint64(i+1)
 			})
@@ -288,7 +288,7 @@ func TestRemovedMemberCannotInflateHeads(t *testing.T) {
 		op := must(roster.NewAck(pPriv, gid, []roster.OpID{flooded[i].ID}, nil))
 		publishOp(sp, op)
 		if (i+1)%25 == 0 {
-			time.Sleep(20 * time.Millisecond) // GossipSub's per-peer queue holds 32
+			time.Sleep(20 * time.Millisecond) // a flood, not a single burst
 		}
 	}
 	eventually(t, 10*time.Second, "X holds the most pending ops a non-member may have", func() bool {
@@ -464,7 +464,7 @@ func TestResolutionStaysBounded(t *testing.T) {
 		}
 		publishOp(sp, op)
 		if (i+1)%25 == 0 {
-			time.Sleep(10 * time.Millisecond) // GossipSub's per-peer queue holds 32
+			time.Sleep(10 * time.Millisecond) // a flood, not a single burst
 		}
 		if (i+1)%250 == 0 {
 			talk = append(talk, X.send(gid, fmt.Sprintf("during the flood %d", i)))
