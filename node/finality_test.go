@@ -505,3 +505,63 @@ func TestResolutionStaysBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestMemberHeadsMergedBeforeKey: a current member (a modified node) makes
+// 120 branching ops. They are applied — it is a member — but the honest
+// members merge the heads with acks, so the key the admin makes at the
+// next removal names at most 64 heads and every remaining member takes it.
+func TestMemberHeadsMergedBeforeKey(t *testing.T) {
+	nodes := newTestNodes(t, 4)
+	X, M, C, N := nodes[0], nodes[1], nodes[2], nodes[3]
+	gid := formGroup(t, nodes)
+	// The ops C may name: those with its own add in their closure.
+	var parents []roster.OpID
+	{
+		g := C.mustGroup(gid)
+		g.mu.Lock()
+		var addC roster.OpID
+		for _, op := range g.roster.Ops() {
+			if op.Kind == roster.KindAdd && op.Member == C.ID() {
+				addC = op.ID
+			}
+		}
+		for _, op := range g.roster.Ops() {
+			if g.roster.Descends([]roster.OpID{op.ID}, []roster.OpID{addC}) {
+				parents = append(parents, op.ID)
+			}
+		}
+		g.mu.Unlock()
+	}
+	cPriv := C.Node.priv
+	sp := impersonate(t, C, gid, []*testNode{X, M, N})
+	const branches = 120
+	var made []*roster.Op
+	for i := range branches {
+		op := must(roster.NewAck(cPriv, gid, []roster.OpID{parents[i%len(parents)]}, []roster.Mark{{Peer: X.ID(), Seq: uint64(i)}}))
+		made = append(made, op)
+		publishOp(sp, op)
+	}
+	eventually(t, 20*time.Second, "every branch applied at X", func() bool {
+		for _, op := range made {
+			if !X.hasOp(gid, op.ID) {
+				return false
+			}
+		}
+		return true
+	})
+	t.Logf("X holds %d roster heads before the removal", len(X.rosterHeads(gid)))
+	oldKey := X.mustGroup(gid).SendingKeyID()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := X.mustGroup(gid).Remove(ctx, N.ID()); err != nil {
+		t.Fatal(err)
+	}
+	k := waitSameSendingKey(t, []*testNode{X, M}, gid, oldKey)
+	for _, key := range X.keys(gid) {
+		if key.ID() == k && len(key.Meta.RosterHeads) > gossip.MaxRosterHeads {
+			t.Fatalf("the key names %d roster heads", len(key.Meta.RosterHeads))
+		}
+	}
+	m := M.send(gid, "after the branches")
+	eventually(t, 10*time.Second, "X reads M", func() bool { return X.rec.readable(gid)[m.ID()] == m.Text })
+}
