@@ -64,6 +64,7 @@ type Group struct {
 	ackAt             time.Time                   // when to sign an ack; zero when none is due
 	toMark            map[peer.ID]bool            // departed peers the next ack marks
 	highSeq           map[peer.ID]uint64          // highest envelope seq stored, per sender (this run)
+	departedKeys      map[keyring.ID]*keyring.Key // departed creators' keys no waiting message names yet
 	fetching          map[peer.ID]bool            // roster fetches running, by peer
 	syncing           map[peer.ID]bool            // history syncs running, by peer
 	resyncAt          map[peer.ID]time.Time       // syncs due once the mesh settles

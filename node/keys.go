@@ -129,7 +129,12 @@ func (g *Group) acceptKey(from peer.ID, k *keyring.Key, requestNonce []byte) boo
 	current := g.roster.State()
 	solicited := g.answeredRequestLocked(k.ID(), requestNonce)
 	entitledSender := k.Meta.IsRecipient(from)
-	if !current.IsMember(from) || !(solicited || entitledSender) {
+	switch {
+	case current.IsMember(from):
+		if !(solicited || entitledSender) {
+			return false
+		}
+	case !g.departedKeyLocked(from, k):
 		return false
 	}
 	if _, err := g.storeKeyLocked(k); err != nil {
@@ -276,4 +281,52 @@ func (n *Node) handleRosterRequest(from peer.ID, group [32]byte) ([]*wire.Signed
 		out = append(out, op.Signed)
 	}
 	return out, true
+}
+
+// maxDepartedKeys bounds the keys kept per group from departed creators
+// that no waiting message names yet.
+const maxDepartedKeys = 16
+
+// departedKeyLocked decides a key whose sender is no longer a member. It
+// is taken, for reading only, when the sender made it itself while it was
+// a member (keyEntitlementValidLocked checked that the state it names has
+// the creator as a member and this node as a recipient) and a message of
+// the sender under it waits here: a member that made a key in Send and
+// was removed before the transfer arrived. Its recipients include the
+// departed member, so the key never qualifies for sending (§5.4), and the
+// sender rule (§4.5) still decides which of its messages count. A key
+// that no waiting message names yet is kept, bounded, until one does; it
+// is refused now.
+func (g *Group) departedKeyLocked(from peer.ID, k *keyring.Key) bool {
+	if k.Meta.Creator != from || !k.Meta.IsRecipient(g.n.self) || !g.roster.EverMember(from) {
+		return false
+	}
+	for _, ref := range g.waiting[k.ID()] {
+		if ref.sender == from {
+			return true
+		}
+	}
+	if g.departedKeys == nil {
+		g.departedKeys = make(map[keyring.ID]*keyring.Key)
+	}
+	if _, ok := g.departedKeys[k.ID()]; !ok && len(g.departedKeys) < maxDepartedKeys {
+		g.departedKeys[k.ID()] = k
+	}
+	return false
+}
+
+// takeDepartedKeyLocked accepts a kept departed creator's key once a
+// message of that creator under it waits here.
+func (g *Group) takeDepartedKeyLocked(sender peer.ID, id keyring.ID) {
+	k, ok := g.departedKeys[id]
+	if !ok || k.Meta.Creator != sender {
+		return
+	}
+	delete(g.departedKeys, id)
+	if _, err := g.storeKeyLocked(k); err != nil {
+		g.n.log.Warn("store key", "group", g.id.ShortString(), "err", err)
+		return
+	}
+	g.n.stats.keyTransfersAccepted.Add(1)
+	g.keyArrivedLocked(k)
 }

@@ -366,6 +366,10 @@ func (g *Group) ingest(from peer.ID, envs []*gossip.Envelope) (added int) {
 			g.wantKeyLocked(e.KeyID)
 		}
 		g.deliverLocked(m, e.KeyFirstSeq)
+		if m.Status == StatusWaitingForKey {
+			// A departed member's own key that came before this message.
+			g.takeDepartedKeyLocked(e.Sender, e.KeyID)
+		}
 		stale = stale || !g.roster.Knows(e.RosterHeads)
 	}
 	g.mu.Unlock()
