@@ -293,7 +293,11 @@ func (g *Group) onOps(from peer.ID, ops []*roster.Op) {
 // fetchRoster asks from for the whole roster, once at a time per peer.
 func (g *Group) fetchRoster(from peer.ID) {
 	g.mu.Lock()
-	if g.fetching[from] || from == g.n.self || from == "" {
+	// Not from a member this node has counted out: a removed member would
+	// serve its own forgeries (§4.4). A peer the roster has not named yet
+	// may be a newcomer whose add is what we lack.
+	departed := g.roster.EverMember(from) && !g.roster.IsMember(from)
+	if g.fetching[from] || from == g.n.self || from == "" || departed {
 		g.mu.Unlock()
 		return
 	}
