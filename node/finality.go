@@ -166,10 +166,8 @@ func (g *Group) judgeSenderLocked(sender peer.ID, seq uint64) senderVerdict {
 	if bound, ok := g.roster.MarkBound(sender); ok && seq <= bound {
 		return senderAccept
 	}
-	for _, m := range g.roster.State().MemberIDs() {
-		if !g.roster.MarkedBy(m, sender) {
-			return senderHold
-		}
+	if !g.roster.MarkedByEveryMember(sender) {
+		return senderHold
 	}
 	return senderReject
 }

@@ -78,6 +78,19 @@ func impersonate(t *testing.T, n *testNode, gid roster.GroupID, others []*testNo
 	return sp
 }
 
+// removeAndRekey has admin remove victim and waits until the remaining
+// members send with one new key (none of not), which it returns.
+func removeAndRekey(t *testing.T, admin *testNode, gid roster.GroupID, victim peer.ID, remaining []*testNode, not ...keyring.ID) keyring.ID {
+	t.Helper()
+	not = append(not, admin.mustGroup(gid).SendingKeyID())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := admin.mustGroup(gid).Remove(ctx, victim); err != nil {
+		t.Fatal(err)
+	}
+	return waitSameSendingKey(t, remaining, gid, not...)
+}
+
 func publishOp(sp *spy, op *roster.Op) {
 	sp.publish(&wire.TopicMessage{Payload: &wire.TopicMessage_RosterOp{RosterOp: op.Signed}})
 }
@@ -226,13 +239,8 @@ func TestRemovedMemberCannotInflateHeads(t *testing.T) {
 	gid := formGroup(t, nodes)
 	old := P.rosterHeads(gid)
 	oldKey := X.mustGroup(gid).SendingKeyID()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	if err := X.mustGroup(gid).Remove(ctx, P.ID()); err != nil {
-		t.Fatal(err)
-	}
 	honest := []*testNode{X, M, N}
-	k1 := waitSameSendingKey(t, honest, gid, oldKey)
+	k1 := removeAndRekey(t, X, gid, P.ID(), honest)
 	// Every op P may name: those it held when it was removed.
 	var parents []roster.OpID
 	{
@@ -298,10 +306,7 @@ func TestRemovedMemberCannotInflateHeads(t *testing.T) {
 		return g.roster.PendingBy(P.ID()) == maxPendingPerAuthor
 	})
 	// The next removal's key reaches every remaining member.
-	if err := X.mustGroup(gid).Remove(ctx, N.ID()); err != nil {
-		t.Fatal(err)
-	}
-	k2 := waitSameSendingKey(t, []*testNode{X, M}, gid, oldKey, k1)
+	k2 := removeAndRekey(t, X, gid, N.ID(), []*testNode{X, M}, oldKey, k1)
 	m := M.send(gid, "still talking")
 	if m.KeyID != k2 {
 		t.Fatalf("M sent with %s, want %s", m.KeyID.Short(), k2.Short())
@@ -338,13 +343,7 @@ func TestRemovedMemberCannotInjectViaSync(t *testing.T) {
 	pKeys := P.keys(gid)
 	pPriv := P.Node.priv
 	last := legit[len(legit)-1]
-	oldKey := X.mustGroup(gid).SendingKeyID()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := X.mustGroup(gid).Remove(ctx, P.ID()); err != nil {
-		t.Fatal(err)
-	}
-	waitSameSendingKey(t, []*testNode{X, M}, gid, oldKey)
+	removeAndRekey(t, X, gid, P.ID(), []*testNode{X, M})
 	// Both members' acks marked P's last message.
 	for _, h := range []*testNode{X, M} {
 		eventually(t, 10*time.Second, "P's departure marked by both members", func() bool {
@@ -434,13 +433,7 @@ func TestResolutionStaysBounded(t *testing.T) {
 	X, M, P := nodes[0], nodes[1], nodes[2]
 	gid := formGroup(t, nodes)
 	oldHeads := P.rosterHeads(gid)
-	oldKey := X.mustGroup(gid).SendingKeyID()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := X.mustGroup(gid).Remove(ctx, P.ID()); err != nil {
-		t.Fatal(err)
-	}
-	waitSameSendingKey(t, []*testNode{X, M}, gid, oldKey)
+	removeAndRekey(t, X, gid, P.ID(), []*testNode{X, M})
 	pPriv := P.Node.priv
 	sp := impersonate(t, P, gid, []*testNode{X, M})
 	lenBefore := func(n *testNode) int {
@@ -550,13 +543,7 @@ func TestMemberHeadsMergedBeforeKey(t *testing.T) {
 		return true
 	})
 	t.Logf("X holds %d roster heads before the removal", len(X.rosterHeads(gid)))
-	oldKey := X.mustGroup(gid).SendingKeyID()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := X.mustGroup(gid).Remove(ctx, N.ID()); err != nil {
-		t.Fatal(err)
-	}
-	k := waitSameSendingKey(t, []*testNode{X, M}, gid, oldKey)
+	k := removeAndRekey(t, X, gid, N.ID(), []*testNode{X, M})
 	for _, key := range X.keys(gid) {
 		if key.ID() == k && len(key.Meta.RosterHeads) > gossip.MaxRosterHeads {
 			t.Fatalf("the key names %d roster heads", len(key.Meta.RosterHeads))

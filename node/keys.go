@@ -137,6 +137,12 @@ func (g *Group) acceptKey(from peer.ID, k *keyring.Key, requestNonce []byte) boo
 	case !g.departedKeyLocked(from, k):
 		return false
 	}
+	return g.takeKeyLocked(k)
+}
+
+// takeKeyLocked stores an accepted key and brings it into use: messages
+// waiting for it are shown, and the sending key is looked at again.
+func (g *Group) takeKeyLocked(k *keyring.Key) bool {
 	if _, err := g.storeKeyLocked(k); err != nil {
 		g.n.log.Warn("store key", "group", g.id.ShortString(), "err", err)
 		return false
@@ -306,9 +312,6 @@ func (g *Group) departedKeyLocked(from peer.ID, k *keyring.Key) bool {
 			return true
 		}
 	}
-	if g.departedKeys == nil {
-		g.departedKeys = make(map[keyring.ID]*keyring.Key)
-	}
 	if _, ok := g.departedKeys[k.ID()]; !ok && len(g.departedKeys) < maxDepartedKeys {
 		g.departedKeys[k.ID()] = k
 	}
@@ -323,10 +326,5 @@ func (g *Group) takeDepartedKeyLocked(sender peer.ID, id keyring.ID) {
 		return
 	}
 	delete(g.departedKeys, id)
-	if _, err := g.storeKeyLocked(k); err != nil {
-		g.n.log.Warn("store key", "group", g.id.ShortString(), "err", err)
-		return
-	}
-	g.n.stats.keyTransfersAccepted.Add(1)
-	g.keyArrivedLocked(k)
+	g.takeKeyLocked(k)
 }

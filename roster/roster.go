@@ -228,10 +228,7 @@ func (r *Roster) discard(id OpID) {
 // apply attaches an op whose parents are all applied, after checking that
 // its author was ever a member in its causal past.
 func (r *Roster) apply(op *Op) error {
-	ps := make([]*node, len(op.Parents))
-	for i, p := range op.Parents {
-		ps[i] = r.byID[p]
-	}
+	ps, _ := r.parentNodes(op)
 	anc := ancestry(ps)
 	if op.Author != r.founder && !r.anyIn(r.addsOf[op.Author], anc) {
 		return fmt.Errorf("%w: op %s by %s", ErrNotAuthorized, op.ID.ShortString(), op.Author)
@@ -246,13 +243,19 @@ func (r *Roster) apply(op *Op) error {
 // pendingAnc returns the causal past of a pending op as far as it is
 // applied: the closure of its applied parents.
 func (r *Roster) pendingAnc(op *Op) ancSet {
-	var ps []*node
+	ps, _ := r.parentNodes(op)
+	return ancestry(ps)
+}
+
+// parentNodes returns the applied parents of op and whether all are.
+func (r *Roster) parentNodes(op *Op) ([]*node, bool) {
+	ps := make([]*node, 0, len(op.Parents))
 	for _, p := range op.Parents {
 		if pn, ok := r.byID[p]; ok {
 			ps = append(ps, pn)
 		}
 	}
-	return ancestry(ps)
+	return ps, len(ps) == len(op.Parents)
 }
 
 // forget drops id, refused by admission, from the pending ops without
@@ -260,11 +263,6 @@ func (r *Roster) pendingAnc(op *Op) ancSet {
 // waiting: should one of them turn out to need it (a member's op), it is
 // applied when it comes again.
 func (r *Roster) forget(id OpID) { delete(r.pending, id) }
-
-// SetAdmission turns the admission rule on or off for every later insert
-// (see Admit). A node loads the ops it stored (all admitted once) with it
-// off, then turns it on.
-func (r *Roster) SetAdmission(on bool) { r.admission = on }
 
 // Admit inserts a batch of verified ops under the admission rule of
 // docs/protocol.md §4.4 and returns the ops it applied (each after its
@@ -352,11 +350,7 @@ func (r *Roster) removedBefore(author peer.ID, anc ancSet) bool {
 		if j >= len(res.eff) || !res.eff[j] {
 			return false
 		}
-		if anc.has(j) {
-			return true
-		}
-		op := r.nodes[j].op
-		return (op.Kind == KindRemove && op.Member == author) || (op.Kind == KindLeave && op.Author == author)
+		return anc.has(j) || slices.Contains(rems, j)
 	})
 	return !member
 }
@@ -398,19 +392,6 @@ func (r *Roster) attach(op *Op, anc ancSet) {
 	n := &node{op: op, idx: len(r.nodes), anc: anc}
 	r.nodes = append(r.nodes, n)
 	r.byID[op.ID] = n
-	incremental := r.res != nil && len(r.res.eff) == n.idx && anc.all == n.idx && op.Kind != KindRemove && op.Kind != KindCreate
-	defer func() {
-		if incremental {
-			// The op follows every applied op and removes no one: nothing
-			// is concurrent with it, so no verdict changes but its own.
-			r.extend(n)
-			if r.order != nil {
-				r.order = append(r.order, op)
-			}
-		} else {
-			r.res, r.order = nil, nil
-		}
-	}()
 	for _, p := range op.Parents {
 		delete(r.heads, p)
 	}
@@ -430,6 +411,17 @@ func (r *Roster) attach(op *Op, anc ancSet) {
 		if m.Peer != op.Author {
 			r.markers[m.Peer] = append(r.markers[m.Peer], n.idx)
 		}
+	}
+	// Last, once the indices above include n: an op that follows every
+	// applied op and removes no one is concurrent with nothing, so no
+	// verdict changes but its own.
+	if r.res != nil && len(r.res.eff) == n.idx && anc.all == n.idx && op.Kind != KindRemove && op.Kind != KindCreate {
+		r.extend(n)
+		if r.order != nil {
+			r.order = append(r.order, op)
+		}
+	} else {
+		r.res, r.order = nil, nil
 	}
 }
 
@@ -713,16 +705,11 @@ func (r *Roster) WouldRefuse(op *Op) bool {
 	if op == nil || r.Has(op.ID) || len(r.remsOf[op.Author]) == 0 {
 		return false
 	}
-	ps := make([]*node, len(op.Parents))
-	for i, p := range op.Parents {
-		pn, ok := r.byID[p]
-		if !ok {
-			return false
-		}
-		ps[i] = pn
+	ps, all := r.parentNodes(op)
+	if !all {
+		return false
 	}
-	anc := ancestry(ps)
-	return r.removedBefore(op.Author, anc) && !r.wanted(op.ID)
+	return r.removedBefore(op.Author, ancestry(ps)) && !r.wanted(op.ID)
 }
 
 // MarkBound returns the highest seq that an ack by another member marks
@@ -738,6 +725,17 @@ func (r *Roster) MarkBound(p peer.ID) (uint64, bool) {
 		}
 	}
 	return bound, found
+}
+
+// MarkedByEveryMember reports whether every member of the current state has
+// an applied ack that marks p (docs/protocol.md §4.5: p's bound is final).
+func (r *Roster) MarkedByEveryMember(p peer.ID) bool {
+	for _, m := range r.resolution().state.Members {
+		if !r.MarkedBy(m.ID, p) {
+			return false
+		}
+	}
+	return true
 }
 
 // MarkedBy reports whether author has an applied ack that marks p.
