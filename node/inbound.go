@@ -293,11 +293,7 @@ func (g *Group) onOps(from peer.ID, ops []*roster.Op) {
 // fetchRoster asks from for the whole roster, once at a time per peer.
 func (g *Group) fetchRoster(from peer.ID) {
 	g.mu.Lock()
-	// Not from a member this node has counted out: a removed member would
-	// serve its own forgeries (§4.4). A peer the roster has not named yet
-	// may be a newcomer whose add is what we lack.
-	departed := g.roster.EverMember(from) && !g.roster.IsMember(from)
-	if g.fetching[from] || from == g.n.self || from == "" || departed {
+	if g.fetching[from] || from == g.n.self || from == "" || g.countedOutLocked(from) {
 		g.mu.Unlock()
 		return
 	}
@@ -316,6 +312,21 @@ func (g *Group) fetchRoster(from peer.ID) {
 		}
 		g.onOps("", ops)
 	})
+}
+
+// countedOutLocked reports whether the current state has counted p out
+// (some add of it is effective, and it is not a member). No roster is
+// fetched from such a peer, in the background or at the start of a sync: a
+// removed member would serve its own forgeries (§4.4, §8.2). A peer the
+// roster has not named yet may be a newcomer whose add is what we lack.
+func (g *Group) countedOutLocked(p peer.ID) bool {
+	return g.roster.EverMember(p) && !g.roster.IsMember(p)
+}
+
+func (g *Group) countedOut(p peer.ID) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.countedOutLocked(p)
 }
 
 func (g *Group) fetchRosterOps(ctx context.Context, from peer.ID) ([]*roster.Op, error) {
