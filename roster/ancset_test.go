@@ -2,6 +2,7 @@ package roster
 
 import (
 	"math/rand/v2"
+	"slices"
 	"testing"
 )
 
@@ -41,11 +42,14 @@ func TestAncestrySets(t *testing.T) {
 }
 
 // TestIncrementalResolution inserts simulated groups op by op, reading the
-// state after each insert (so that ops at the tip take the incremental
-// path), and compares every state and verdict with a full resolution.
+// state after each insert, and compares every state and verdict with a
+// full resolution. Every insert must keep the resolution up to date in
+// place (no insert may fall back to resolving from scratch), and many must
+// take the path that resolves a segment again (a membership op concurrent
+// with another), not only the path of a cut.
 func TestIncrementalResolution(t *testing.T) {
 	var stats simStats
-	extended := 0
+	inserts, resegmented := 0, 0
 	for n := range 300 {
 		rng := rand.New(rand.NewPCG(uint64(n), 0x696e63))
 		s := genDAG(t, rng, &stats, 0)
@@ -53,16 +57,26 @@ func TestIncrementalResolution(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		r.State()
 		for _, op := range s.all {
-			before := r.res != nil
-			_, _ = r.Insert(op)
-			if before && r.res != nil {
-				extended++
+			before := len(r.nodes)
+			applied, _ := r.Insert(op)
+			if r.res == nil {
+				t.Fatalf("DAG %d: inserting %v dropped the resolution", n, op)
+			}
+			inserts += len(applied)
+			for i := before; i < len(r.nodes); i++ {
+				if changesMembership(r.nodes[i].op.Kind) && !slices.Contains(r.res.cuts, i) {
+					resegmented++
+				}
 			}
 			got := r.State()
 			full := r.resolve(nil, r.Heads(), len(r.nodes))
 			if !equalStates(got, full.state) {
 				t.Fatalf("DAG %d after %v:\n incremental %s\n full        %s", n, op, stateString(got), stateString(full.state))
+			}
+			if !slices.Equal(r.res.cuts, full.cuts) || !slices.Equal(r.res.memHeads, full.memHeads) || !slices.Equal(r.res.filtered, full.filtered) {
+				t.Fatalf("DAG %d after %v: cuts %v heads %v filtered %v, full resolution finds %v %v %v", n, op, r.res.cuts, r.res.memHeads, r.res.filtered, full.cuts, full.memHeads, full.filtered)
 			}
 			for i := range r.nodes {
 				if r.res.eff[i] != full.eff[i] {
@@ -71,8 +85,8 @@ func TestIncrementalResolution(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("%d inserts resolved incrementally", extended)
-	if extended < 1000 {
-		t.Errorf("only %d inserts took the incremental path", extended)
+	t.Logf("%d ops applied incrementally, %d of them concurrent with others", inserts, resegmented)
+	if resegmented < 1000 {
+		t.Errorf("only %d inserts resolved a segment again", resegmented)
 	}
 }

@@ -88,7 +88,13 @@
 //     live adds (those not an ancestor of another live add of X), and if
 //     those disagree the lower role (member) wins.
 //
-// Effectiveness is a fixpoint over a filter set F, starting empty:
+// Membership ops are every kind but the ack. A cut is a membership op
+// comparable (ancestor or descendant) to every other membership op; the
+// membership ops split into segments: each cut alone, and the ops between
+// two consecutive cuts. Every membership op before a segment is an
+// ancestor of every op in it, so segments are decided one after the other,
+// each over the verdicts of those before it. Within a segment,
+// effectiveness is decided over a filter set F, starting empty:
 //
 //  1. Authority pass, in a topological order. With S = membersOf(effective
 //     ops in past(o)), op o ∉ F is effective iff
@@ -101,19 +107,19 @@
 //     Ops in F are not effective. Since o's verdict depends only on F and on
 //     the verdicts of past(o), every topological order gives the same result;
 //     the implementation uses local insertion order, which is one.
-//  2. Strong-removal pass: compute F' from scratch: for every effective
-//     remove R (author A, target M), every op o authored by M with o ∥ R
-//     joins F', except a remove o (of Y)
-//     that lies on a removal cycle with R: A is reachable from Y (Y == A
-//     included) in the graph whose edges are the effective removes
-//     (author → target) that are not in o's causal past (a removal o's
-//     author had already seen is history, not a conflict). Leave ops
-//     filter nothing.
-//  3. If F' = F, stop. Otherwise F = F' and repeat from 1, for at most
-//     |V|+3 rounds. Should F never settle, the monotone variant decides:
-//     start again from F empty and in step 2 add to F instead of replacing
-//     it, until F stops growing (it only grows, so this ends). Either way
-//     the result is a function of V alone.
+//  2. Strong-removal pass: for every effective remove R (author A, target
+//     M), every op o of the segment authored by M with o ∥ R joins F,
+//     except a remove o (of Y) that lies on a removal cycle with R: A is
+//     reachable from Y (Y == A included) in the graph whose edges are the
+//     effective removes (author → target) concurrent with o (a removal o's
+//     author had already seen is history, one made after o is not a duel
+//     o took part in). Leave ops filter nothing.
+//  3. If F grew, repeat from 1; otherwise stop. F only grows, so a segment
+//     takes at most |segment|+1 rounds and never oscillates.
+//
+// An ack is decided after every membership op: it is effective iff its
+// author is a member in S and no effective remove of its author is
+// concurrent with it. No other verdict reads an ack's.
 //
 // The members are membersOf(all effective ops). Consequences: in a mutual
 // removal (A removes B ∥ B removes A) both are removed, likewise around a
@@ -121,9 +127,17 @@
 // have no effect; an add by an admin who is concurrently removed is
 // filtered, so the added member's own later ops have no effect either.
 //
-// Because F is recomputed, a remove that turns out void filters nothing: in
-// A removes B ∥ B removes C ∥ C removes D, B's removal of C is void (B was
-// removed concurrently), so C stays an admin and C's removal of D stands.
+// Because F only grows, a remove that is effective in one round and void
+// in a later one still filters: in A removes B ∥ B removes C ∥ C removes D,
+// B's removal of C is void (B was removed concurrently), so C stays an
+// admin, but C's removal of D was filtered in the first round and D stays.
+// A duel of three or more concurrent removals errs towards fewer changes.
+//
+// Resolution is incremental (Roster.advance): an ack is decided alone; a
+// membership op that is a cut is decided by the authority rule; one after
+// the last cut it descends from, where no round filtered anything, is
+// decided alone too (one round still decides that part, and nothing
+// descends from it); otherwise the segment after that cut is resolved again.
 //
 // State.Digest is SHA-256 over "p2pchat/v1/roster-state" 0x00, the group ID,
 // the sorted heads and the sorted (member, role) pairs, each list and each

@@ -1,7 +1,6 @@
 package roster
 
 import (
-	"maps"
 	"slices"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -123,11 +122,64 @@ func (o *oracle) membersOf(E []OpID) map[peer.ID]Role {
 	return out
 }
 
+// segments partitions the membership ops (every kind but the ack), in
+// Kahn order, into the segments of §4.3: a cut (a membership op comparable
+// to every other membership op) is a segment of its own, and the
+// membership ops between two consecutive cuts form one.
+func (o *oracle) segments() [][]OpID {
+	var mem []OpID
+	for _, id := range o.order {
+		if o.ops[id].Kind != KindAck {
+			mem = append(mem, id)
+		}
+	}
+	isCut := func(c OpID) bool {
+		for _, id := range mem {
+			if id != c && !o.before(id, c) && !o.before(c, id) {
+				return false
+			}
+		}
+		return true
+	}
+	var cuts []OpID
+	for _, id := range mem {
+		if isCut(id) {
+			cuts = append(cuts, id)
+		}
+	}
+	// An op's stage: a cut after k other cuts is at 2k; a non-cut op with k
+	// cuts among its ancestors is at 2k-1.
+	stage := map[OpID]int{}
+	maxStage := 0
+	for _, id := range mem {
+		k := 0
+		for _, c := range cuts {
+			if o.before(c, id) {
+				k++
+			}
+		}
+		if isCut(id) {
+			stage[id] = 2 * k
+		} else {
+			stage[id] = 2*k - 1
+		}
+		maxStage = max(maxStage, stage[id])
+	}
+	segs := make([][]OpID, maxStage+1)
+	for _, id := range mem {
+		segs[stage[id]] = append(segs[stage[id]], id)
+	}
+	return segs
+}
+
 func (o *oracle) resolve() (eff map[OpID]bool, members map[peer.ID]Role) {
-	authority := func(F map[OpID]bool) map[OpID]bool {
-		eff := map[OpID]bool{}
-		for _, id := range o.order {
+	eff = map[OpID]bool{}
+	// authority decides the ops of seg, given F and the verdicts on every
+	// op before seg.
+	authority := func(seg []OpID, F map[OpID]bool) {
+		for _, id := range seg {
 			op := o.ops[id]
+			eff[id] = false
 			if F[id] {
 				continue
 			}
@@ -151,23 +203,22 @@ func (o *oracle) resolve() (eff map[OpID]bool, members map[peer.ID]Role) {
 				eff[id] = in
 			}
 		}
-		return eff
 	}
-	// filterOf adds to F what the effective removes of eff filter.
-	filterOf := func(eff, F map[OpID]bool) bool {
+	// filterOf adds to F what the effective removes of seg filter in seg.
+	filterOf := func(seg []OpID, F map[OpID]bool) bool {
 		type edge struct {
 			to peer.ID
 			op OpID
 		}
 		edges := map[peer.ID][]edge{}
-		for id := range eff {
+		for _, id := range seg {
 			if op := o.ops[id]; eff[id] && op.Kind == KindRemove {
 				edges[op.Author] = append(edges[op.Author], edge{op.Member, id})
 			}
 		}
-		// reachable: from reaches to through effective removes outside the
-		// causal past of op notBefore.
-		reachable := func(from, to peer.ID, notBefore OpID) bool {
+		// reachable: from reaches to through effective removes concurrent
+		// with op with.
+		reachable := func(from, to peer.ID, with OpID) bool {
 			seen := map[peer.ID]bool{from: true}
 			stack := []peer.ID{from}
 			for len(stack) > 0 {
@@ -177,7 +228,7 @@ func (o *oracle) resolve() (eff map[OpID]bool, members map[peer.ID]Role) {
 					return true
 				}
 				for _, e := range edges[x] {
-					if !seen[e.to] && !o.before(e.op, notBefore) {
+					if !seen[e.to] && o.concurrent(e.op, with) {
 						seen[e.to] = true
 						stack = append(stack, e.to)
 					}
@@ -186,12 +237,13 @@ func (o *oracle) resolve() (eff map[OpID]bool, members map[peer.ID]Role) {
 			return false
 		}
 		grew := false
-		for rid := range eff {
+		for _, rid := range seg {
 			R := o.ops[rid]
 			if !eff[rid] || R.Kind != KindRemove {
 				continue
 			}
-			for oid, op := range o.ops {
+			for _, oid := range seg {
+				op := o.ops[oid]
 				if op.Author != R.Member || !o.concurrent(oid, rid) || F[oid] {
 					continue
 				}
@@ -204,26 +256,30 @@ func (o *oracle) resolve() (eff map[OpID]bool, members map[peer.ID]Role) {
 		}
 		return grew
 	}
-	// Recompute F from the last round's effective removes until it settles;
-	// if it never does, the monotone variant (F only grows) decides.
-	F := map[OpID]bool{}
-	converged := false
-	for round := 0; round < len(o.order)+3; round++ {
-		eff = authority(F)
-		next := map[OpID]bool{}
-		filterOf(eff, next)
-		if maps.Equal(next, F) {
-			converged = true
-			break
-		}
-		F = next
-	}
-	if !converged {
-		F = map[OpID]bool{}
+	// Segment by segment; within one, F only grows until a round adds
+	// nothing.
+	for _, seg := range o.segments() {
+		F := map[OpID]bool{}
 		for {
-			eff = authority(F)
-			if !filterOf(eff, F) {
+			authority(seg, F)
+			if !filterOf(seg, F) {
 				break
+			}
+		}
+	}
+	// Acks last: authority as for a leave, and no effective remove of the
+	// author concurrent with the ack.
+	var acks []OpID
+	for _, id := range o.order {
+		if o.ops[id].Kind == KindAck {
+			acks = append(acks, id)
+		}
+	}
+	authority(acks, nil)
+	for _, id := range acks {
+		for rid, R := range o.ops {
+			if eff[rid] && R.Kind == KindRemove && R.Member == o.ops[id].Author && o.concurrent(rid, id) {
+				eff[id] = false
 			}
 		}
 	}

@@ -90,6 +90,43 @@ func popcount(w uint64) int { return bits.OnesCount64(w) }
 type resolution struct {
 	eff   []bool // by node index; false outside the universe
 	state *State
+	// cuts lists, ascending, the membership ops comparable to every
+	// membership op of the universe, and memHeads the maximal membership
+	// ops (docs/protocol.md §4.3, "Segments"); kept for the full
+	// resolution only, where the incremental path needs them.
+	cuts, memHeads []int
+	// filtered lists, ascending, the ops the strong-removal rounds
+	// filtered (full resolution only): a segment with none took one round.
+	filtered []int
+}
+
+// changesMembership reports whether an op of this kind takes part in the
+// rounds of §4.3: every kind but the ack, which no verdict reads.
+func changesMembership(k Kind) bool { return k != KindAck }
+
+// stepCuts extends the cut chain and the maximal membership ops of a
+// universe by the membership op i, which no earlier op descends from. The
+// cuts i does not descend from stop being cuts (cuts form a chain, so they
+// are the last ones); i is a cut itself when it descends from every
+// maximal membership op. cuts is reused (only the resolution being built
+// holds it); memHeads is not modified.
+func (r *Roster) stepCuts(cuts, memHeads []int, i int) ([]int, []int, bool) {
+	anc := &r.nodes[i].anc
+	for len(cuts) > 0 && !anc.has(cuts[len(cuts)-1]) {
+		cuts = cuts[:len(cuts)-1]
+	}
+	heads := make([]int, 0, len(memHeads)+1)
+	for _, h := range memHeads {
+		if !anc.has(h) {
+			heads = append(heads, h)
+		}
+	}
+	isCut := len(heads) == 0
+	heads = append(heads, i)
+	if isCut {
+		cuts = append(cuts, i)
+	}
+	return cuts, heads, isCut
 }
 
 // resolve computes effectiveness and membership of the universe univ (a
@@ -98,31 +135,33 @@ type resolution struct {
 func (r *Roster) resolve(univ bitset, heads []OpID, size int) *resolution {
 	n := len(r.nodes)
 	in := func(i int) bool { return univ == nil || univ.has(i) }
-	filtered := make([]bool, n)
-	eff := make([]bool, n)
-	// The filter set is recomputed from the effective removes of the last
-	// round until it no longer changes, so a removal that turns out void
-	// filters nothing (A removes B ∥ B removes C ∥ C removes D: B's removal
-	// is void, so C's removal of D stands). Should the rounds not settle,
-	// the monotone variant, where the filter set only grows, decides.
-	converged := false
-	for round := 0; round < n+3; round++ {
-		r.authorityPass(in, filtered, eff)
-		next := make([]bool, n)
-		r.strongRemovalPass(in, next, eff)
-		if slices.Equal(next, filtered) {
-			converged = true
-			break
+	// The cuts, found in one pass over the membership ops.
+	var cuts, memHeads []int
+	for i := range n {
+		if in(i) && changesMembership(r.nodes[i].op.Kind) {
+			cuts, memHeads, _ = r.stepCuts(cuts, memHeads, i)
 		}
-		filtered = next
 	}
-	if !converged {
-		clear(filtered)
-		for {
-			r.authorityPass(in, filtered, eff)
-			if !r.strongRemovalPass(in, filtered, eff) {
-				break
-			}
+	eff := make([]bool, n)
+	var seg, filtered []int
+	next := 0 // index into cuts of the next cut
+	for i := range n {
+		if !in(i) || !changesMembership(r.nodes[i].op.Kind) {
+			continue
+		}
+		if next < len(cuts) && cuts[next] == i {
+			filtered = r.resolveSegment(seg, eff, filtered)
+			filtered = r.resolveSegment([]int{i}, eff, filtered)
+			seg = seg[:0]
+			next++
+			continue
+		}
+		seg = append(seg, i)
+	}
+	filtered = r.resolveSegment(seg, eff, filtered)
+	for i := range n {
+		if in(i) && !changesMembership(r.nodes[i].op.Kind) {
+			eff[i] = r.ackVerdict(i, eff)
 		}
 	}
 
@@ -133,8 +172,8 @@ func (r *Roster) resolve(univ bitset, heads []OpID, size int) *resolution {
 			members = append(members, Member{ID: p, Role: role})
 		}
 	}
-	slices.SortFunc(members, func(a, b Member) int { return strings.Compare(string(a.ID), string(b.ID)) })
-	return &resolution{
+	slices.SortFunc(members, compareMembers)
+	res := &resolution{
 		eff: eff,
 		state: &State{
 			Heads:   heads,
@@ -143,62 +182,133 @@ func (r *Roster) resolve(univ bitset, heads []OpID, size int) *resolution {
 			Digest:  stateDigest(r.id, heads, members),
 		},
 	}
+	if univ == nil {
+		res.cuts, res.memHeads, res.filtered = cuts, memHeads, filtered
+	}
+	return res
 }
 
-// authorityPass decides every op of the universe in insertion order, which
-// is topological: an op's verdict reads only verdicts of its ancestors.
-func (r *Roster) authorityPass(in func(int) bool, filtered, eff []bool) {
-	for i, nd := range r.nodes {
+func compareMembers(a, b Member) int { return strings.Compare(string(a.ID), string(b.ID)) }
+
+// ackVerdict decides the ack i once every membership op of the universe is
+// decided: its author is a member in its causal past, and no effective
+// remove of its author is concurrent with it. No other verdict reads an
+// ack's, so acks take no part in the rounds.
+func (r *Roster) ackVerdict(i int, eff []bool) bool {
+	nd := r.nodes[i]
+	return r.authorized(nd.op, func(j int) bool { return eff[j] && nd.anc.has(j) }) && !r.removedConcurrently(i, eff)
+}
+
+// removedConcurrently reports whether an effective remove of the author of
+// op i is concurrent with it.
+func (r *Roster) removedConcurrently(i int, eff []bool) bool {
+	nd := r.nodes[i]
+	for _, j := range r.remsOf[nd.op.Author] {
+		if eff[j] && r.nodes[j].op.Kind == KindRemove && !nd.anc.has(j) && !r.nodes[j].anc.has(i) {
+			return true
+		}
+	}
+	return false
+}
+
+// resolveSegment decides the ops of one segment (ascending node indices,
+// every op before the segment already decided in eff). The filter set only
+// grows, round by round, until a round adds nothing: at most len(seg)+1
+// rounds, and no round undoes another's filtering, so resolution cannot
+// oscillate. It appends the ops it filtered, ascending, to out.
+func (r *Roster) resolveSegment(seg []int, eff []bool, out []int) []int {
+	switch len(seg) {
+	case 0:
+		return out
+	case 1: // concurrent with no membership op: nothing can filter it
+		r.authorityPass(seg, nil, eff)
+		return out
+	}
+	filtered := make(map[int]bool)
+	for {
+		r.authorityPass(seg, filtered, eff)
+		if !r.strongRemovalPass(seg, filtered, eff) {
+			break
+		}
+	}
+	for _, i := range seg {
+		if filtered[i] {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
+// authorityPass decides the ops of seg in insertion order, which is
+// topological: an op's verdict reads only verdicts of its ancestors.
+func (r *Roster) authorityPass(seg []int, filtered map[int]bool, eff []bool) {
+	for _, i := range seg {
 		eff[i] = false
-		if !in(i) || filtered[i] {
+		if filtered[i] {
 			continue
 		}
-		op := nd.op
-		past := func(j int) bool { return eff[j] && nd.anc.has(j) }
-		switch op.Kind {
-		case KindCreate:
-			eff[i] = true
-		case KindAdd:
-			role, ok := r.roleIn(op.Author, past)
-			eff[i] = ok && role == RoleAdmin
-		case KindRemove:
-			role, ok := r.roleIn(op.Author, past)
-			if ok && role == RoleAdmin {
-				_, eff[i] = r.roleIn(op.Member, past)
-			}
-		case KindLeave, KindAck:
-			_, eff[i] = r.roleIn(op.Author, past)
-		}
+		nd := r.nodes[i]
+		eff[i] = r.authorized(nd.op, func(j int) bool { return eff[j] && nd.anc.has(j) })
 	}
 }
 
-// strongRemovalPass adds to filtered every op of a removed member that is
-// concurrent with an effective removal of it, except removes on a removal
-// cycle. It reports whether filtered grew.
-func (r *Roster) strongRemovalPass(in func(int) bool, filtered, eff []bool) bool {
+// authorized is the authority rule: whether op takes effect given the
+// effective ops of its causal past (past).
+func (r *Roster) authorized(op *Op, past func(int) bool) bool {
+	switch op.Kind {
+	case KindCreate:
+		return true
+	case KindAdd:
+		role, ok := r.roleIn(op.Author, past)
+		return ok && role == RoleAdmin
+	case KindRemove:
+		role, ok := r.roleIn(op.Author, past)
+		if !ok || role != RoleAdmin {
+			return false
+		}
+		_, ok = r.roleIn(op.Member, past)
+		return ok
+	case KindLeave, KindAck:
+		_, ok := r.roleIn(op.Author, past)
+		return ok
+	}
+	return false
+}
+
+// strongRemovalPass adds to filtered every op of seg by a removed member
+// that is concurrent with an effective removal of it, except removes on a
+// removal cycle. It reports whether filtered grew. Ops concurrent with an
+// op of seg are all in seg: every op outside it is an ancestor or a
+// descendant of every op in it.
+func (r *Roster) strongRemovalPass(seg []int, filtered map[int]bool, eff []bool) bool {
 	// Graph of effective removes: author -> (target, op index).
 	type edge struct {
 		to peer.ID
 		op int
 	}
 	edges := make(map[peer.ID][]edge)
+	byAuthor := make(map[peer.ID][]int)
 	var removes []int
-	for i, nd := range r.nodes {
-		if eff[i] && nd.op.Kind == KindRemove {
-			edges[nd.op.Author] = append(edges[nd.op.Author], edge{nd.op.Member, i})
+	for _, i := range seg {
+		op := r.nodes[i].op
+		byAuthor[op.Author] = append(byAuthor[op.Author], i)
+		if eff[i] && op.Kind == KindRemove {
+			edges[op.Author] = append(edges[op.Author], edge{op.Member, i})
 			removes = append(removes, i)
 		}
 	}
 	if len(removes) == 0 {
 		return false
 	}
+	concurrent := func(a, b int) bool {
+		return a != b && !r.nodes[a].anc.has(b) && !r.nodes[b].anc.has(a)
+	}
 	// onCycle reports whether remove o (of y) closes a removal cycle with a
 	// removal by remover: remover is reachable from y through effective
-	// removes none of which is in o's causal past. A removal o's author had
-	// already seen (and that was undone, or o could not be effective) is
-	// history, not a concurrent conflict.
+	// removes concurrent with o. A removal o's author had already seen is
+	// history, not a conflict, and one made after o cannot make o part of
+	// a duel it did not know of.
 	onCycle := func(o int, y, remover peer.ID) bool {
-		anc := r.nodes[o].anc
 		seen := map[peer.ID]bool{y: true}
 		queue := []peer.ID{y}
 		for len(queue) > 0 {
@@ -208,7 +318,7 @@ func (r *Roster) strongRemovalPass(in func(int) bool, filtered, eff []bool) bool
 				return true
 			}
 			for _, e := range edges[x] {
-				if !seen[e.to] && !anc.has(e.op) {
+				if !seen[e.to] && concurrent(o, e.op) {
 					seen[e.to] = true
 					queue = append(queue, e.to)
 				}
@@ -219,17 +329,12 @@ func (r *Roster) strongRemovalPass(in func(int) bool, filtered, eff []bool) bool
 
 	grew := false
 	for _, ri := range removes {
-		rn := r.nodes[ri]
-		remover, removed := rn.op.Author, rn.op.Member
-		for _, oi := range r.byAuthor[removed] {
-			if !in(oi) || filtered[oi] {
+		rop := r.nodes[ri].op
+		for _, oi := range byAuthor[rop.Member] {
+			if filtered[oi] || !concurrent(oi, ri) {
 				continue
 			}
-			on := r.nodes[oi]
-			if on.anc.has(ri) || rn.anc.has(oi) {
-				continue // not concurrent
-			}
-			if on.op.Kind == KindRemove && onCycle(oi, on.op.Member, remover) {
+			if on := r.nodes[oi].op; on.Kind == KindRemove && onCycle(oi, on.Member, rop.Author) {
 				continue // on a removal cycle with R
 			}
 			filtered[oi] = true
@@ -252,19 +357,32 @@ func (r *Roster) roleIn(x peer.ID, in func(int) bool) (Role, bool) {
 	var bufR, bufA [16]int
 	maxR := bufR[:0]
 	rems := r.remsOf[x]
+	// floor: every index below it is an ancestor of a maximal element found
+	// so far, so the walk can stop there (in a linear history, at once).
+	floor := 0
 	for k := len(rems) - 1; k >= 0; k-- {
-		if j := rems[k]; in(j) && !r.belowAny(j, maxR) {
+		j := rems[k]
+		if j < floor {
+			break
+		}
+		if in(j) && !r.belowAny(j, maxR) {
 			maxR = append(maxR, j)
+			floor = max(floor, r.nodes[j].anc.all)
 		}
 	}
 	var role Role
 	maxA := bufA[:0]
 	adds := r.addsOf[x]
+	floor = 0
 	for k := len(adds) - 1; k >= 0; k-- {
 		a := adds[k]
+		if a < floor {
+			break
+		}
 		if !in(a) || r.belowAny(a, maxA) {
 			continue
 		}
+		floor = max(floor, r.nodes[a].anc.all)
 		maxA = append(maxA, a)
 		if r.aboveAll(a, maxR) {
 			if ar := r.addRole(a); role == 0 || ar < role {

@@ -412,55 +412,136 @@ func (r *Roster) attach(op *Op, anc ancSet) {
 			r.markers[m.Peer] = append(r.markers[m.Peer], n.idx)
 		}
 	}
-	// Last, once the indices above include n: an op that follows every
-	// applied op and removes no one is concurrent with nothing, so no
-	// verdict changes but its own.
-	if r.res != nil && len(r.res.eff) == n.idx && anc.all == n.idx && op.Kind != KindRemove && op.Kind != KindCreate {
-		r.extend(n)
-		if r.order != nil {
-			r.order = append(r.order, op)
-		}
+	// Last, once the indices above include n: the resolution is brought
+	// up to date incrementally (docs/protocol.md §4.3).
+	if r.res != nil && len(r.res.eff) == n.idx && op.Kind != KindCreate {
+		r.advance(n)
 	} else {
 		r.res, r.order = nil, nil
 	}
 }
 
-// extend updates the resolution for n, an op that descends from every
-// other applied op and is not a remove: it is incremental resolution's
-// common case (docs/protocol.md §4.3). Such an op is concurrent with
-// nothing, so the strong-removal filter set is unchanged (it filters only
-// ops concurrent with a removal, and n adds no removal edge), every other
-// verdict stands, and n's own verdict is the authority rule against the
-// current state. The result equals a full resolution; the convergence
-// tests check it.
-func (r *Roster) extend(n *node) {
-	res := r.res
-	st := res.state
+// advance updates the full resolution for n, the op just attached
+// (incremental resolution, docs/protocol.md §4.3). An ack is decided alone:
+// no other verdict reads it. A membership op drops the cuts it does not
+// descend from; the last cut c that stays is an ancestor of n, every
+// membership op after c descends from c, and only the segment after c can
+// change. When n descends from every other membership op it is a cut,
+// concurrent with no membership op: no verdict but its own changes (and,
+// for a remove, those of its target's acks), and its own is the authority
+// rule. Otherwise the segment after c, n included, is resolved again.
+// Either way the result equals a full resolution; the convergence tests
+// check it.
+func (r *Roster) advance(n *node) {
+	old := r.res
 	op := n.op
-	res.eff = append(res.eff, false)
-	var e bool
-	switch op.Kind {
-	case KindAdd:
-		role, ok := st.RoleOf(op.Author)
-		e = ok && role == RoleAdmin
-	case KindLeave, KindAck:
-		_, e = st.RoleOf(op.Author)
-	}
-	res.eff[n.idx] = e
-	members := st.Members
-	if e && op.Kind != KindAck {
-		x := op.Member
-		if op.Kind == KindLeave {
-			x = op.Author
-		}
-		members = slices.DeleteFunc(slices.Clone(members), func(m Member) bool { return m.ID == x })
-		if role, ok := r.roleIn(x, func(j int) bool { return res.eff[j] }); ok {
-			i, _ := slices.BinarySearchFunc(members, x, func(m Member, p peer.ID) int { return strings.Compare(string(m.ID), string(p)) })
-			members = slices.Insert(members, i, Member{ID: x, Role: role})
-		}
-	}
+	tip := n.anc.all == n.idx
 	heads := []OpID{op.ID}
-	res.state = &State{Heads: heads, Size: len(r.nodes), Members: members, Digest: stateDigest(r.id, heads, members)}
+	if !tip {
+		heads = r.Heads()
+		r.order = nil
+	} else if r.order != nil {
+		r.order = append(r.order, op)
+	}
+	if !changesMembership(op.Kind) {
+		// Appending may write past the end of a copy that Admit keeps as
+		// its judge, never into it.
+		eff := append(old.eff, false)
+		eff[n.idx] = r.ackVerdict(n.idx, eff)
+		r.res = &resolution{eff: eff, cuts: old.cuts, memHeads: old.memHeads, filtered: old.filtered, state: r.membersAfter(old.state, eff, nil, heads)}
+		return
+	}
+	cuts, memHeads, isCut := r.stepCuts(old.cuts, old.memHeads, n.idx)
+	c := cuts[len(cuts)-1] // the create op is an ancestor of every op
+	filtered := old.filtered
+	var eff []bool
+	var touched []peer.ID
+	resegmented := false
+	calm := len(filtered) == 0 || filtered[len(filtered)-1] < c
+	switch {
+	case isCut || (calm && op.Kind != KindRemove):
+		// A cut, or an op that is no remove after the last cut that stays,
+		// where no round filtered anything: one round decided every op
+		// there, and still does, since n filters nothing and nothing
+		// descends from n. n is filtered iff an effective remove of its
+		// author is concurrent with it.
+		eff = append(old.eff, false)
+		if op.Kind == KindRemove {
+			// Its target's acks are decided again below, and Admit's
+			// judge may share the old slice.
+			eff = slices.Clone(eff)
+		}
+		if !isCut && r.removedConcurrently(n.idx, eff) {
+			filtered = append(filtered, n.idx)
+		} else {
+			r.authorityPass([]int{n.idx}, nil, eff)
+		}
+		if eff[n.idx] {
+			touched = touchedBy(op)
+		}
+	default:
+		resegmented = true
+		// A fresh slice: Admit's judge may share the old one.
+		eff = make([]bool, n.idx+1)
+		copy(eff, old.eff)
+		var seg []int
+		for i := c + 1; i <= n.idx; i++ {
+			if o := r.nodes[i].op; changesMembership(o.Kind) {
+				seg = append(seg, i)
+				touched = append(touched, touchedBy(o)...)
+			}
+		}
+		k, _ := slices.BinarySearch(filtered, c)
+		filtered = r.resolveSegment(seg, eff, filtered[:k])
+	}
+	// The acks of a peer that a changed verdict removes, or no longer
+	// removes, are decided again.
+	if op.Kind == KindRemove || resegmented {
+		for _, x := range touched {
+			for _, i := range r.byAuthor[x] {
+				if !changesMembership(r.nodes[i].op.Kind) {
+					eff[i] = r.ackVerdict(i, eff)
+				}
+			}
+		}
+	}
+	r.res = &resolution{eff: eff, cuts: cuts, memHeads: memHeads, filtered: filtered, state: r.membersAfter(old.state, eff, touched, heads)}
+}
+
+// touchedBy returns the peer whose membership op can change, if any.
+func touchedBy(op *Op) []peer.ID {
+	switch op.Kind {
+	case KindAdd, KindRemove:
+		return []peer.ID{op.Member}
+	case KindLeave:
+		return []peer.ID{op.Author}
+	}
+	return nil
+}
+
+// membersAfter returns the state with heads whose members are those of st,
+// except that the peers touched are judged again over the verdicts eff.
+// Only ops that add or remove a peer decide its membership, so a peer that
+// no changed verdict touches keeps its role.
+func (r *Roster) membersAfter(st *State, eff []bool, touched []peer.ID, heads []OpID) *State {
+	members := st.Members
+	if len(touched) > 0 {
+		members = slices.Clone(members)
+		effIn := func(j int) bool { return eff[j] }
+		for _, x := range touched {
+			i, found := slices.BinarySearchFunc(members, x, func(m Member, p peer.ID) int { return strings.Compare(string(m.ID), string(p)) })
+			role, ok := r.roleIn(x, effIn)
+			switch {
+			case ok && found:
+				members[i].Role = role
+			case ok:
+				members = slices.Insert(members, i, Member{ID: x, Role: role})
+			case found:
+				members = slices.Delete(members, i, i+1)
+			}
+		}
+	}
+	return &State{Heads: heads, Size: len(r.nodes), Members: members, Digest: stateDigest(r.id, heads, members)}
 }
 
 // EverAdded reports whether p is the founder or the member of some applied

@@ -267,11 +267,25 @@ func TestRules(t *testing.T) {
 				{"a3", KindAdd, alice, dave, M, []string{"a2"}, true},
 				{"r1", KindRemove, alice, bob, 0, []string{"a3"}, true},
 				{"r2", KindRemove, bob, carol, 0, []string{"a3"}, false},
-				{"r3", KindRemove, carol, dave, 0, []string{"a3"}, true},
+				{"r3", KindRemove, carol, dave, 0, []string{"a3"}, false},
 			},
 			// r2 is filtered (bob removed concurrently), so carol stays an
-			// admin and her removal of dave stands: a void removal filters
-			// nothing.
+			// admin. In the first round r2 was effective and filtered r3,
+			// and the filter set only grows (§4.3): dave stays. Fewer
+			// changes, never more, is what a duel of three costs.
+			want: map[int]Role{alice: A, carol: A, dave: M},
+		},
+		{
+			name: "a removal lost in a duel can be made again",
+			steps: []step{
+				{"a1", KindAdd, alice, bob, A, []string{"c"}, true},
+				{"a2", KindAdd, alice, carol, A, []string{"a1"}, true},
+				{"a3", KindAdd, alice, dave, M, []string{"a2"}, true},
+				{"r1", KindRemove, alice, bob, 0, []string{"a3"}, true},
+				{"r2", KindRemove, bob, carol, 0, []string{"a3"}, false},
+				{"r3", KindRemove, carol, dave, 0, []string{"a3"}, false},
+				{"r4", KindRemove, carol, dave, 0, []string{"r1", "r2", "r3"}, true},
+			},
 			want: map[int]Role{alice: A, carol: A},
 		},
 		{
@@ -300,6 +314,22 @@ func TestRules(t *testing.T) {
 			// is no removal cycle, so bob's removal concurrent with his own
 			// is filtered and alice stays.
 			want: map[int]Role{alice: A, carol: A, dave: A},
+		},
+		{
+			// Issue #9's attack, without admission: carol, removed by
+			// dave, signs a removal of alice backdated to just after her
+			// own add. Strong removal alone hands her the duel (r2
+			// filters alice's add of dave in the first round, so dave's
+			// removal of carol is void); only admission (§4.4) stops it.
+			name: "backdated removal wins the duel without admission",
+			steps: []step{
+				{"a1", KindAdd, alice, bob, M, []string{"c"}, true},
+				{"a2", KindAdd, alice, carol, A, []string{"a1"}, true},
+				{"a3", KindAdd, alice, dave, A, []string{"a2"}, false},
+				{"r1", KindRemove, dave, carol, 0, []string{"a3"}, false},
+				{"r2", KindRemove, carol, alice, 0, []string{"a2"}, false},
+			},
+			want: map[int]Role{alice: A, bob: M, carol: A},
 		},
 		{
 			name: "removal causally after an op does not filter it",

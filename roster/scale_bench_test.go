@@ -156,3 +156,77 @@ func BenchmarkRefuseRemovedFlood(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkApplyConcurrentPair: two admins act on the same heads, and the
+// next pair's first op merges them; each op is followed by reading the
+// state. With acks, each is decided alone (no verdict reads an ack). With
+// adds (of members already in, which is how a role is set), the second add
+// is concurrent with the first and their segment is resolved again.
+func BenchmarkApplyConcurrentPair(b *testing.B) {
+	for _, kind := range []string{"acks", "adds"} {
+		for _, size := range scaleSizes {
+			b.Run(fmt.Sprintf("%s/%d", kind, size), func(b *testing.B) {
+				r := buildGroupDAG(b, size)
+				x := testIDs[numTestKeys-1] // added once by the builder, never churned
+				b.ResetTimer()
+				for b.Loop() {
+					b.StopTimer()
+					heads := r.Heads()
+					var a1, a2 *Op
+					var err1, err2 error
+					if kind == "acks" {
+						a1, err1 = NewAck(testPrivs[1], r.ID(), heads, nil)
+						a2, err2 = NewAck(testPrivs[2], r.ID(), heads, nil)
+					} else {
+						a1, err1 = NewAdd(testPrivs[1], r.ID(), heads, x, RoleMember, nil)
+						a2, err2 = NewAdd(testPrivs[2], r.ID(), heads, x, RoleMember, nil)
+					}
+					if err1 != nil || err2 != nil {
+						b.Fatal(err1, err2)
+					}
+					b.StartTimer()
+					for _, op := range []*Op{a1, a2} {
+						if _, k := r.Admit([]*Op{op}); k != 0 {
+							b.Fatal("refused")
+						}
+						_ = r.State()
+					}
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkApplyRemoveReadd: an admin removes a member at the tip and adds
+// it back (two ops per iteration, each followed by reading the state).
+func BenchmarkApplyRemoveReadd(b *testing.B) {
+	for _, size := range scaleSizes {
+		b.Run(fmt.Sprint(size), func(b *testing.B) {
+			r := buildGroupDAG(b, size)
+			x := testIDs[numTestKeys-1] // added once by the builder, never churned
+			b.ResetTimer()
+			for b.Loop() {
+				b.StopTimer()
+				rm, err := NewRemove(testPrivs[0], r.ID(), r.Heads(), x)
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+				r.Admit([]*Op{rm})
+				if r.State().IsMember(x) {
+					b.Fatal("still a member")
+				}
+				b.StopTimer()
+				add, err := NewAdd(testPrivs[0], r.ID(), r.Heads(), x, RoleMember, nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+				r.Admit([]*Op{add})
+				if !r.State().IsMember(x) {
+					b.Fatal("not back")
+				}
+			}
+		})
+	}
+}
