@@ -509,6 +509,20 @@ func TestNoRosterFetchFromDepartedPeer(t *testing.T) {
 		syncUntil(t, h, gid, pID, "a history sync with P", func() bool { return pLog.syncsFrom(h.ID()) > 0 })
 	}
 
+	// A key transfer from P naming heads that only P's forgeries lead to
+	// (its op naming them is pending here): the receiver must not fetch
+	// P's roster to learn them, and so cannot accept the key.
+	fk, err := keyring.Generate(rand.Reader, gid, pID, []roster.OpID{trigger.ID}, []peer.ID{X.ID(), M.ID(), C.ID(), pID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := spP.sendKey(X, pPriv, fk, nil); err == nil {
+		t.Fatal("X accepted a key from the removed member for heads only its forgeries lead to")
+	}
+	if keyByID(X.keys(gid), fk.ID()) != nil {
+		t.Fatal("X holds the removed member's key")
+	}
+
 	// A current member's forwarded op is fetched for.
 	cPriv := C.Node.priv
 	cHeads := X.rosterHeads(gid)

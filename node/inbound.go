@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"math/rand/v2"
 	"slices"
 	"time"
@@ -329,7 +330,18 @@ func (g *Group) countedOut(p peer.ID) bool {
 	return g.countedOutLocked(p)
 }
 
+// errCountedOut refuses a roster fetch from a peer the current state has
+// counted out: a removed member would serve its forgeries (§4.4, §8.2).
+var errCountedOut = errors.New("no roster fetch from a peer that is no longer a member")
+
+// fetchRosterOps fetches and decodes a peer's roster. It is the one way
+// the node fetches a roster, so the rule that no fetch goes to a peer the
+// current state has counted out holds on every path (topic, sync, key
+// transfer).
 func (g *Group) fetchRosterOps(ctx context.Context, from peer.ID) ([]*roster.Op, error) {
+	if g.countedOut(from) {
+		return nil, errCountedOut
+	}
 	signed, err := g.n.streams.FetchRoster(ctx, from, g.id)
 	if err != nil {
 		return nil, err

@@ -163,12 +163,10 @@ func (g *Group) syncWith(p peer.ID) {
 		}()
 		ctx, cancel := context.WithTimeout(g.ctx, time.Minute)
 		defer cancel()
-		// Not the roster of a peer this node has counted out (§8.2): its
-		// history is still judged by the sender rule.
-		if !g.countedOut(p) {
-			if ops, err := g.fetchRosterOps(ctx, p); err == nil {
-				g.onOps("", ops)
-			}
+		// fetchRosterOps refuses a peer this node has counted out (§8.2);
+		// its history is still judged by the sender rule.
+		if ops, err := g.fetchRosterOps(ctx, p); err == nil {
+			g.onOps("", ops)
 		}
 		// A peer the roster never named (checked after the roster fetch,
 		// which may have named it) holds nothing we are entitled to: it is
@@ -222,7 +220,7 @@ func (g *Group) syncHistory(ctx context.Context, p peer.ID) error {
 		if len(envs) == 0 {
 			return invalid
 		}
-		if g.needsRoster(envs) && !g.countedOut(p) {
+		if g.needsRoster(envs) {
 			if ops, err := g.fetchRosterOps(ctx, p); err == nil {
 				g.onOps("", ops)
 			}
