@@ -217,6 +217,7 @@ type hub struct {
 	// can already deliver messages), kept for the first subscriber.
 	early      []Event
 	subscribed bool
+	closed     bool // after closeAll: new subscriptions start closed
 }
 
 func newHub() *hub { return &hub{subs: make(map[*Subscription]struct{})} }
@@ -224,6 +225,15 @@ func newHub() *hub { return &hub{subs: make(map[*Subscription]struct{})} }
 func (h *hub) subscribe() *Subscription {
 	s := &Subscription{c: make(chan Event, 64), hub: h, wake: make(chan struct{}, 1), done: make(chan struct{})}
 	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		// The node is closed: a subscription whose channel is closed, with
+		// no goroutine, so that ranging over it ends at once.
+		s.closed = true
+		close(s.done)
+		close(s.c)
+		return s
+	}
 	if !h.subscribed {
 		h.subscribed = true
 		s.queue, h.early = h.early, nil
@@ -264,6 +274,7 @@ func (h *hub) publish(e Event) {
 
 func (h *hub) closeAll() {
 	h.mu.Lock()
+	h.closed = true
 	subs := make([]*Subscription, 0, len(h.subs))
 	for s := range h.subs {
 		subs = append(subs, s)

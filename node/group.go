@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"google.golang.org/protobuf/proto"
 
@@ -123,19 +124,29 @@ func (n *Node) startGroup(r *roster.Roster, left, isNew bool) (*Group, error) {
 	if !st.IsMember(n.self) {
 		g.left = true
 	}
+	// Everything stop needs (the topic, its cancel func, the wait groups)
+	// is in place before the group is published in n.groups, where Close
+	// finds it.
+	var peerEvents *pubsub.TopicEventHandler
+	var tctx context.Context
 	if !g.left {
 		t, err := gossip.JoinTopic(n.ps, g.id, g.policy)
 		if err != nil {
 			return nil, err
 		}
+		if peerEvents, err = t.EventHandler(); err != nil {
+			_ = t.Close()
+			return nil, err
+		}
 		g.topic = t
+		tctx, g.topicCancel = context.WithCancel(g.ctx)
+		g.topicWG.Add(4)
+		g.wg.Add(2)
 	}
 	n.mu.Lock()
 	if n.closed {
 		n.mu.Unlock()
-		if g.topic != nil {
-			_ = g.topic.Close()
-		}
+		g.abandon(peerEvents)
 		return nil, ErrClosed
 	}
 	n.groups[g.id] = g
@@ -144,18 +155,10 @@ func (n *Node) startGroup(r *roster.Roster, left, isNew bool) (*Group, error) {
 	}
 	n.mu.Unlock()
 	if g.topic != nil {
-		peerEvents, err := g.topic.EventHandler()
-		if err != nil {
-			return nil, err
-		}
-		var tctx context.Context
-		tctx, g.topicCancel = context.WithCancel(g.ctx)
-		g.topicWG.Add(4)
 		go g.readLoop(tctx, g.topic)
 		go g.ingestLoop(tctx)
 		go g.publishLoop(tctx, g.topic)
 		go g.peerLoop(tctx, peerEvents)
-		g.wg.Add(2)
 		go g.timerLoop()
 		go g.requestMissingKeys()
 	}
@@ -163,6 +166,21 @@ func (n *Node) startGroup(r *roster.Roster, left, isNew bool) (*Group, error) {
 		n.events.publish(Event{Kind: EventGroupJoined, Group: g.id, Members: st.Members})
 	}
 	return g, nil
+}
+
+// abandon undoes a startGroup that did not publish the group: no
+// goroutine was started, so the counts added for them are released and the
+// topic is left.
+func (g *Group) abandon(peerEvents *pubsub.TopicEventHandler) {
+	if g.topic != nil {
+		peerEvents.Cancel()
+		g.topicCancel()
+		g.topicWG.Add(-4)
+		g.wg.Add(-2)
+		_ = g.topic.Close()
+		g.topic = nil
+	}
+	g.cancel()
 }
 
 // stop ends the group's goroutines and leaves its topic.
@@ -377,6 +395,11 @@ func (g *Group) Peers() []peer.ID {
 
 // WaitPeers waits until at least n peers are subscribed to the group's topic.
 func (g *Group) WaitPeers(ctx context.Context, n int) error {
+	ctx, finish, err := g.n.life.call(ctx)
+	if err != nil {
+		return err
+	}
+	defer finish()
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	for len(g.Peers()) < n {
@@ -511,6 +534,11 @@ func (g *Group) storeKeyLocked(k *keyring.Key) (bool, error) {
 // epoch key its adder derived for it. With no qualifying key it generates
 // one for the current roster and sends it to every member.
 func (g *Group) Send(ctx context.Context, text string) (*Message, error) {
+	ctx, finish, err := g.n.life.call(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer finish()
 	if len(text) > gossip.MaxTextSize {
 		return nil, fmt.Errorf("%w: text of %d bytes exceeds %d", ErrTooLarge, len(text), gossip.MaxTextSize)
 	}
@@ -656,8 +684,13 @@ func (g *Group) publishLoop(ctx context.Context, t *gossip.Topic) {
 // History returns every stored message in arrival order, decrypted where
 // the key is held.
 func (g *Group) History() ([]Message, error) {
+	leave, err := g.n.life.enter()
+	if err != nil {
+		return nil, err
+	}
+	defer leave()
 	var recs []*wire.MessageRecord
-	err := g.n.store.Messages(g.id, func(b []byte) error {
+	err = g.n.store.Messages(g.id, func(b []byte) error {
 		rec := new(wire.MessageRecord)
 		if err := proto.Unmarshal(b, rec); err != nil {
 			g.n.log.Warn("skipping unreadable message record", "group", g.id.ShortString(), "err", err)
@@ -739,6 +772,11 @@ func (g *Group) messageLocked(e *gossip.Envelope, received time.Time) *Message {
 // Add admits p with role. The new member gets the next epoch key, derived
 // from the current one so it cannot read what was sent before it joined.
 func (g *Group) Add(ctx context.Context, p peer.ID, role roster.Role) error {
+	ctx, finish, err := g.n.life.call(ctx)
+	if err != nil {
+		return err
+	}
+	defer finish()
 	if _, _, err := wire.PeerKey([]byte(p)); err != nil {
 		return fmt.Errorf("add %s: %w", p, err)
 	}
@@ -790,6 +828,11 @@ func (g *Group) Add(ctx context.Context, p peer.ID, role roster.Role) error {
 // Remove removes p from the group and rotates the key at once: the new key
 // goes to every remaining member and never to p.
 func (g *Group) Remove(ctx context.Context, p peer.ID) error {
+	ctx, finish, err := g.n.life.call(ctx)
+	if err != nil {
+		return err
+	}
+	defer finish()
 	g.mu.Lock()
 	if err := g.requireAdminLocked(); err != nil {
 		g.mu.Unlock()
@@ -825,6 +868,11 @@ func (g *Group) Remove(ctx context.Context, p peer.ID) error {
 
 // Leave removes this node from the group. Its keys and history stay, read-only.
 func (g *Group) Leave(ctx context.Context) error {
+	ctx, finish, err := g.n.life.call(ctx)
+	if err != nil {
+		return err
+	}
+	defer finish()
 	g.mu.Lock()
 	if g.left || !g.roster.IsMember(g.n.self) {
 		g.mu.Unlock()

@@ -93,6 +93,11 @@ func ParseInvite(code string) (Invite, error) {
 // Invite adds p to the group as a member (if it is not one yet) and returns
 // the invite code p uses to join. Re-inviting a member just returns a code.
 func (g *Group) Invite(ctx context.Context, p peer.ID) (Invite, error) {
+	ctx, finish, err := g.n.life.call(ctx)
+	if err != nil {
+		return Invite{}, err
+	}
+	defer finish()
 	if !g.isMember(p) {
 		if err := g.Add(ctx, p, roster.RoleMember); err != nil {
 			return Invite{}, err
@@ -129,6 +134,11 @@ func dialableAddrs(addrs []ma.Multiaddr) []ma.Multiaddr {
 
 // Connect dials a peer and remembers its addresses.
 func (n *Node) Connect(ctx context.Context, ai peer.AddrInfo) error {
+	ctx, finish, err := n.life.call(ctx)
+	if err != nil {
+		return err
+	}
+	defer finish()
 	if ai.ID == n.self {
 		return errors.New("cannot connect to self")
 	}

@@ -185,12 +185,15 @@ type Node struct {
 	wg       sync.WaitGroup // node-level goroutines (address book, reconnect, mDNS dials)
 	mdns     interface{ Close() error }
 
+	// life admits public calls until Close begins; Close waits for them.
+	life *lifecycle
+
 	mu       sync.Mutex
 	groups   map[roster.GroupID]*Group
 	byTopic  map[string]*Group
 	orphans  []orphanKey // key transfers for groups not joined yet
 	closed   bool
-	closeErr error
+	closeErr error // set by the first Close, read after life.done
 }
 
 // New starts a node. ctx bounds start-up only; the node runs until Close.
@@ -203,6 +206,7 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		params:  cfg.Params.withDefaults(),
 		rand:    cfg.Rand,
 		events:  newHub(),
+		life:    newLifecycle(),
 		groups:  make(map[roster.GroupID]*Group),
 		byTopic: make(map[string]*Group),
 	}
@@ -344,16 +348,21 @@ func (n *Node) Host() host.Host { return n.host }
 // on. The first subscription also gets the events emitted before it (up to
 // the latest 1024), so a program that subscribes right after New misses
 // nothing its groups did while starting.
+// After Close it returns a subscription whose channel is closed.
 func (n *Node) Subscribe() *Subscription { return n.events.subscribe() }
 
 // Close stops every group, the protocol handlers and, when the node created
-// them, pubsub and the host; then closes the store. It is idempotent.
+// them, pubsub and the host; then closes the store. Calls in flight are
+// cancelled and waited for first; from the moment Close begins, every
+// method that can fail returns ErrClosed. Close may be called at any moment,
+// from any goroutine and more than once: later calls wait for the first and
+// return its result.
 func (n *Node) Close() error {
-	n.mu.Lock()
-	if n.closed {
-		n.mu.Unlock()
+	if !n.life.shut() {
 		return n.closeErr
 	}
+	defer n.life.finished()
+	n.mu.Lock()
 	n.closed = true
 	groups := make([]*Group, 0, len(n.groups))
 	for _, g := range n.groups {
@@ -414,6 +423,11 @@ func (n *Node) peerFilter(p peer.ID, topic string) bool {
 
 // CreateGroup founds a new group with this node as its admin.
 func (n *Node) CreateGroup(ctx context.Context, name string) (*Group, error) {
+	leave, err := n.life.enter()
+	if err != nil {
+		return nil, err
+	}
+	defer leave()
 	nonce := make([]byte, 16)
 	if _, err := io.ReadFull(n.rand, nonce); err != nil {
 		return nil, err
@@ -446,6 +460,11 @@ func (n *Node) CreateGroup(ctx context.Context, name string) (*Group, error) {
 // JoinGroup joins a group this node has been added to: it connects to via,
 // fetches the roster, checks that this node is a member and subscribes.
 func (n *Node) JoinGroup(ctx context.Context, id roster.GroupID, via peer.AddrInfo) (*Group, error) {
+	ctx, finish, err := n.life.call(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer finish()
 	if g, ok := n.Group(id); ok && !g.hasLeft() {
 		return g, nil
 	}
