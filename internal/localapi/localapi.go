@@ -160,6 +160,8 @@ func statusOf(err error) int {
 		return http.StatusBadRequest
 	case errors.Is(err, context.DeadlineExceeded):
 		return http.StatusGatewayTimeout
+	case errors.Is(err, node.ErrClosed):
+		return http.StatusServiceUnavailable // the daemon is stopping
 	}
 	return http.StatusInternalServerError
 }
