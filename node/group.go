@@ -17,6 +17,7 @@ import (
 	"github.com/p2pchat/p2pchat/internal/wire"
 	"github.com/p2pchat/p2pchat/keyring"
 	"github.com/p2pchat/p2pchat/roster"
+	"github.com/p2pchat/p2pchat/store"
 )
 
 // Group is one joined group. Its methods are safe for concurrent use.
@@ -39,6 +40,7 @@ type Group struct {
 	topicWG     sync.WaitGroup
 
 	ingestMu sync.Mutex // serializes storing and showing messages; taken before mu
+	sendMu   sync.Mutex // serializes our own sends (Send); taken before mu
 
 	// Our envelopes, stored, waiting for publishLoop; appended under mu so
 	// they leave in sequence order.
@@ -472,7 +474,8 @@ func (g *Group) persistRecord() error {
 	if err != nil {
 		return err
 	}
-	return g.n.store.PutGroup(g.id, b)
+	g.n.disk.put(store.GroupWrite(g.id, b))
+	return nil
 }
 
 // loadKeys reads the group's keys. A record that does not verify is
@@ -521,9 +524,10 @@ func (g *Group) storeKeyLocked(k *keyring.Key) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	if err := g.n.store.PutKey(g.id, k.ID(), b); err != nil {
-		return false, err
-	}
+	// Handed to the writer, not written under the lock: whoever needs the
+	// key durable (Send before sealing under it, the answer to a key
+	// transfer) syncs after unlocking.
+	g.n.disk.put(store.KeyWrite(g.id, k.ID(), b))
 	return g.ring.Add(k), nil
 }
 
@@ -543,6 +547,12 @@ func (g *Group) Send(ctx context.Context, text string) (*Message, error) {
 		return nil, fmt.Errorf("%w: text of %d bytes exceeds %d", ErrTooLarge, len(text), gossip.MaxTextSize)
 	}
 	g.awaitExpectedKey(ctx)
+	// sendMu orders our sends: sequence numbers are taken, stored and
+	// queued for publishing one send at a time, so they stay gap-free and
+	// leave in order. The group lock is held only to choose the key and
+	// the roster heads, never across sealing or the disk.
+	g.sendMu.Lock()
+	defer g.sendMu.Unlock()
 	g.mu.Lock()
 	if g.left || !g.roster.IsMember(g.n.self) {
 		g.mu.Unlock()
@@ -558,23 +568,33 @@ func (g *Group) Send(ctx context.Context, text string) (*Message, error) {
 		}
 		key = rotated
 	}
+	// The envelope names these heads: a roster change applied while it is
+	// sealed and stored comes after it, as it would for a send a moment
+	// earlier.
+	heads := capHeads(g.roster.Heads(), gossip.MaxRosterHeads)
+	g.mu.Unlock()
+
+	// The key is durable before any message under it.
+	if err := g.n.disk.sync(ctx, g.n.disk.ticket()); err != nil {
+		return nil, err
+	}
 	now := time.Now()
 	var env *gossip.Envelope
 	firstMark := "kfs/" + key.ID().String() // our first seq under this key
 	seq, err := g.n.store.AppendOwn(g.id, "seq", firstMark, []byte(g.n.self), func(seq, first uint64) ([]byte, error) {
 		var err error
-		env, err = gossip.SealEnvelopeFrom(g.n.rand, g.n.priv, key, seq, first, capHeads(g.roster.Heads(), gossip.MaxRosterHeads), &wire.Content{Text: text, SentAtMs: now.UnixMilli()})
+		env, err = gossip.SealEnvelopeFrom(g.n.rand, g.n.priv, key, seq, first, heads, &wire.Content{Text: text, SentAtMs: now.UnixMilli()})
 		if err != nil {
 			return nil, err
 		}
 		return proto.Marshal(&wire.MessageRecord{Envelope: env.Signed, ReceivedAtMs: now.UnixMilli()})
 	})
 	if err != nil {
-		g.mu.Unlock()
 		return nil, err
 	}
 	msg := &Message{Group: g.id, Sender: g.n.self, Seq: seq, KeyID: key.ID(), Status: StatusOK,
 		Text: text, SentAt: time.UnixMilli(now.UnixMilli()), ReceivedAt: now}
+	g.mu.Lock()
 	g.noteDeliveredLocked(g.n.self, seq)
 	if g.topic != nil {
 		g.enqueuePublish(env.Signed)
@@ -814,6 +834,10 @@ func (g *Group) Add(ctx context.Context, p peer.ID, role roster.Role) error {
 	}
 	g.mu.Unlock()
 
+	// Our op is durable before any peer sees it.
+	if err := g.n.syncDisk(ctx); err != nil {
+		return err
+	}
 	g.publishOp(ctx, op)
 	switch {
 	case rotated != nil:
@@ -860,6 +884,10 @@ func (g *Group) Remove(ctx context.Context, p peer.ID) error {
 	if err != nil {
 		return err
 	}
+	// The op and the new key are durable before any peer sees them.
+	if err := g.n.syncDisk(ctx); err != nil {
+		return err
+	}
 	g.publishOp(ctx, op)
 	g.emitRotated(k)
 	g.distribute(k, nil)
@@ -887,8 +915,12 @@ func (g *Group) Leave(ctx context.Context) error {
 	// Publish before applying: applying our own departure closes the topic.
 	g.publishOpOn(ctx, t, op)
 	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.applyLocalLocked(op)
+	err = g.applyLocalLocked(op)
+	g.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return g.n.syncDisk(ctx)
 }
 
 func (g *Group) requireAdminLocked() error {
@@ -935,11 +967,11 @@ func (g *Group) appliedLocked(applied []*roster.Op) error {
 	if len(applied) == 0 {
 		return nil
 	}
-	for _, op := range applied {
-		if err := g.n.store.PutOp(g.id, op.ID, op.Marshal()); err != nil {
-			return err
-		}
+	ws := make([]store.Write, len(applied))
+	for i, op := range applied {
+		ws[i] = store.OpWrite(g.id, op.ID, op.Marshal())
 	}
+	g.n.disk.put(ws...)
 	for _, op := range applied {
 		if op.Kind == roster.KindAdd && len(op.ParentKeyID) == 32 {
 			g.deriveLocked(op)

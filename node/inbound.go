@@ -17,6 +17,7 @@ import (
 	"github.com/p2pchat/p2pchat/internal/wire"
 	"github.com/p2pchat/p2pchat/keyring"
 	"github.com/p2pchat/p2pchat/roster"
+	"github.com/p2pchat/p2pchat/store"
 )
 
 // Limits on what the node keeps for others.
@@ -254,7 +255,7 @@ func (g *Group) ingestLoop(ctx context.Context) {
 // under a key we hold: it is never shown, but its slot stays taken.
 func (g *Group) markUndecryptable(e *gossip.Envelope, now time.Time) {
 	rec, _ := proto.Marshal(&wire.MessageRecord{Envelope: e.Signed, ReceivedAtMs: now.UnixMilli(), Undecryptable: true})
-	_ = g.n.store.UpdateMessage(g.id, []byte(e.Sender), e.Seq, rec)
+	g.n.disk.put(store.MessageUpdate(g.id, []byte(e.Sender), e.Seq, rec))
 	g.n.log.Warn("message does not decrypt under its key", "group", g.id.ShortString(), "env", e)
 }
 

@@ -63,7 +63,14 @@ func (n *Node) handleKeyTransfer(from peer.ID, t *wire.KeyTransfer) bool {
 		}
 		g.onOps(from, ops)
 	}
-	return g.acceptKey(from, key, t.RequestNonce)
+	if !g.acceptKey(from, key, t.RequestNonce) {
+		return false
+	}
+	// "Accepted" tells the sender it need not care any more: the key is
+	// durable first.
+	ctx, cancel := context.WithTimeout(g.ctx, gossip.StreamTimeout)
+	defer cancel()
+	return n.syncDisk(ctx) == nil
 }
 
 func (n *Node) keepOrphan(from peer.ID, key *keyring.Key) {
@@ -249,24 +256,39 @@ func (g *Group) keyArrivedLocked(k *keyring.Key) {
 		return cmp.Compare(a.seq, b.seq)
 	})
 	refs = slices.Compact(refs)
+	// Loading and verifying them reads the disk: not under the lock.
+	g.goTrackedLocked(func() { g.showArrived(refs) })
+}
+
+// showArrived shows the stored messages that were waiting for a key that
+// has arrived, in sender and seq order: each is loaded and verified with no
+// lock held, then decrypted under the lock. One still buffered for
+// in-order delivery is replaced there, to be shown decrypted.
+func (g *Group) showArrived(refs []msgRef) {
 	for _, ref := range refs {
 		e, rec, err := g.loadEnvelope(ref.sender, ref.seq)
 		if err != nil {
 			continue
 		}
 		received := time.UnixMilli(rec.ReceivedAtMs)
+		g.mu.Lock()
 		m := g.messageLocked(e, received)
-		if m == nil {
-			g.markUndecryptable(e, received)
-			continue
-		}
-		if o := g.order[ref.sender]; o != nil {
-			if buf, ok := o.buffered[ref.seq]; ok {
-				*buf = *m // not shown yet: it will be shown decrypted
-				continue
+		buffered := false
+		if m != nil {
+			if o := g.order[ref.sender]; o != nil {
+				if buf, ok := o.buffered[ref.seq]; ok {
+					*buf = *m // not shown yet: it will be shown decrypted
+					buffered = true
+				}
 			}
 		}
-		g.n.events.publish(Event{Kind: EventMessageDecrypted, Group: g.id, Message: m})
+		g.mu.Unlock()
+		switch {
+		case m == nil:
+			g.markUndecryptable(e, received)
+		case !buffered:
+			g.n.events.publish(Event{Kind: EventMessageDecrypted, Group: g.id, Message: m})
+		}
 	}
 }
 

@@ -172,6 +172,7 @@ type Node struct {
 	host    host.Host
 	ps      *pubsub.PubSub
 	store   *store.Store
+	disk    *writer // the one way state is written while the node runs
 	streams *gossip.Streams
 	log     *slog.Logger
 	params  Params
@@ -231,6 +232,9 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 			if n.ownsHost && n.host != nil {
 				_ = n.host.Close()
 			}
+			if n.disk != nil {
+				n.disk.close()
+			}
 			if n.store != nil {
 				_ = n.store.Close()
 			}
@@ -273,6 +277,7 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	if n.store, err = store.Open(dbDir); err != nil {
 		return nil, fmt.Errorf("node: %w", err)
 	}
+	n.disk = newWriter(n.store, n.log)
 
 	if n.host == nil {
 		listen := cfg.ListenAddrs
@@ -384,6 +389,7 @@ func (n *Node) Close() error {
 		errs = append(errs, n.host.Close())
 	}
 	n.events.closeAll()
+	n.disk.close() // after every goroutine that writes has stopped
 	errs = append(errs, n.store.Close())
 	n.closeErr = errors.Join(errs...)
 	return n.closeErr
@@ -453,9 +459,16 @@ func (n *Node) CreateGroup(ctx context.Context, name string) (*Group, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := n.syncDisk(ctx); err != nil {
+		return nil, err
+	}
 	g.emitRotated(k)
 	return g, nil
 }
+
+// syncDisk waits until every write handed to the writer so far is
+// durable. Call it with no lock held.
+func (n *Node) syncDisk(ctx context.Context) error { return n.disk.sync(ctx, n.disk.ticket()) }
 
 // JoinGroup joins a group this node has been added to: it connects to via,
 // fetches the roster, checks that this node is a member and subscribes.
@@ -495,6 +508,9 @@ func (n *Node) JoinGroup(ctx context.Context, id roster.GroupID, via peer.AddrIn
 		return nil, err
 	}
 	n.adoptOrphanKeys(g)
+	if err := n.syncDisk(ctx); err != nil {
+		return nil, err
+	}
 	return g, nil
 }
 

@@ -126,6 +126,55 @@ func (s *Store) scan(prefix []byte, fn func(suffix, value []byte) error) error {
 	})
 }
 
+// Write is one write of a batch (see Commit), made by OpWrite, KeyWrite,
+// GroupWrite or MessageUpdate.
+type Write struct{ key, value []byte }
+
+// OpWrite is PutOp as a Write.
+func OpWrite(gid, opID [32]byte, signed []byte) Write {
+	return Write{groupKey(tagOp, gid, opID[:]), signed}
+}
+
+// KeyWrite is PutKey as a Write.
+func KeyWrite(gid, keyID [32]byte, record []byte) Write {
+	return Write{groupKey(tagKey, gid, keyID[:]), record}
+}
+
+// GroupWrite is PutGroup as a Write.
+func GroupWrite(gid [32]byte, record []byte) Write {
+	return Write{groupKey(tagGroup, gid), record}
+}
+
+// MessageUpdate is UpdateMessage as a Write.
+func MessageUpdate(gid [32]byte, sender []byte, seq uint64, record []byte) Write {
+	return Write{groupKey(tagMsg, gid, senderSeq(sender, seq)), record}
+}
+
+// Commit writes the batch in order and syncs it once: a group commit. Should
+// the batch be too large for one transaction, it is split, each part synced
+// before the next is written, so a crash keeps a prefix of the batch.
+func (s *Store) Commit(ws []Write) error {
+	for len(ws) > 0 {
+		txn := s.db.NewTransaction(true)
+		n := 0
+		for ; n < len(ws); n++ {
+			err := txn.Set(ws[n].key, ws[n].value)
+			if errors.Is(err, badger.ErrTxnTooBig) && n > 0 {
+				break
+			}
+			if err != nil {
+				txn.Discard()
+				return err
+			}
+		}
+		if err := txn.Commit(); err != nil {
+			return err
+		}
+		ws = ws[n:]
+	}
+	return nil
+}
+
 // PutGroup writes a group's record (an encoding chosen by the caller).
 func (s *Store) PutGroup(gid [32]byte, record []byte) error {
 	return s.put(groupKey(tagGroup, gid), record)
