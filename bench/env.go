@@ -27,28 +27,6 @@ import (
 // loopback is the only address every host in the harness listens on.
 const loopback = "/ip4/127.0.0.1/tcp/0"
 
-// cleanup is a stack of close functions run in reverse order.
-type cleanup struct {
-	mu  sync.Mutex
-	fns []func()
-}
-
-func (c *cleanup) add(fn func()) {
-	c.mu.Lock()
-	c.fns = append(c.fns, fn)
-	c.mu.Unlock()
-}
-
-func (c *cleanup) run() {
-	c.mu.Lock()
-	fns := c.fns
-	c.fns = nil
-	c.mu.Unlock()
-	for i := len(fns) - 1; i >= 0; i-- {
-		fns[i]()
-	}
-}
-
 // closeAll closes nodes in parallel (closing 200 nodes one by one is slow)
 // and waits, with a deadline, for all of them.
 func closeAll[T any](items []T, closeFn func(T)) {

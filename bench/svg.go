@@ -304,25 +304,3 @@ func fmtMs(v float64) string {
 	}
 	return fmt.Sprintf("%.0f", v)
 }
-
-func niceCeil(v float64) float64 {
-	if v <= 0 {
-		return 1
-	}
-	e := math.Pow(10, math.Floor(math.Log10(v)))
-	for _, m := range []float64{1, 2, 2.5, 5, 10} {
-		if m*e >= v {
-			return m * e
-		}
-	}
-	return 10 * e
-}
-
-func ticks(maxV float64) []float64 {
-	step := niceCeil(maxV / 6)
-	var out []float64
-	for v := 0.0; v <= maxV+step/1000; v += step {
-		out = append(out, v)
-	}
-	return out
-}

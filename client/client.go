@@ -21,7 +21,6 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"time"
 )
 
 // Files in the daemon's home directory that tell clients where it listens.
@@ -300,20 +299,3 @@ func (s *EventStream) Next() (*Event, error) {
 
 // Close ends the stream.
 func (s *EventStream) Close() error { return s.body.Close() }
-
-// Wait polls until the daemon for home answers, or ctx ends.
-func Wait(ctx context.Context, home string) (*Client, error) {
-	for {
-		c, err := New(home)
-		if err == nil {
-			if _, err = c.ID(ctx); err == nil {
-				return c, nil
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("waiting for daemon: %w (last error: %v)", ctx.Err(), err)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-}

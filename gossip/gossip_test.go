@@ -77,7 +77,7 @@ func newFixture(t testing.TB) *fixture {
 
 func (f *fixture) seal(t testing.TB, seq uint64, text string) *gossip.Envelope {
 	t.Helper()
-	e, err := gossip.SealEnvelope(detRand(seq+100), f.priv, f.key, seq, f.heads, &wire.Content{Text: text, SentAtMs: 1234})
+	e, err := gossip.SealEnvelopeFrom(detRand(seq+100), f.priv, f.key, seq, 0, f.heads, &wire.Content{Text: text, SentAtMs: 1234})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +119,7 @@ func TestEnvelopeRoundTrip(t *testing.T) {
 	f := newFixture(t)
 	heads := []roster.OpID{opID("x"), f.create.ID}
 	content := &wire.Content{Text: "hello, group", SentAtMs: 1700000000000}
-	e, err := gossip.SealEnvelope(detRand(1), f.priv, f.key, 7, heads, content)
+	e, err := gossip.SealEnvelopeFrom(detRand(1), f.priv, f.key, 7, 0, heads, content)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -289,8 +289,8 @@ func TestSealEnvelopeTextBound(t *testing.T) {
 	for i := range maxHeads {
 		maxHeads[i] = opID(fmt.Sprint(i))
 	}
-	// The largest envelope SealEnvelope allows fits a topic message.
-	e, err := gossip.SealEnvelope(detRand(1), f.priv, f.key, 1<<62, maxHeads,
+	// The largest envelope SealEnvelopeFrom allows fits a topic message.
+	e, err := gossip.SealEnvelopeFrom(detRand(1), f.priv, f.key, 1<<62, 0, maxHeads,
 		&wire.Content{Text: strings.Repeat("é", gossip.MaxTextSize/2), SentAtMs: -1})
 	if err != nil {
 		t.Fatalf("text of MaxTextSize bytes refused: %v", err)
@@ -303,7 +303,7 @@ func TestSealEnvelopeTextBound(t *testing.T) {
 		t.Fatalf("largest envelope does not decode: %v", err)
 	}
 
-	_, err = gossip.SealEnvelope(detRand(1), f.priv, f.key, 1, f.heads, &wire.Content{Text: strings.Repeat("a", gossip.MaxTextSize+1)})
+	_, err = gossip.SealEnvelopeFrom(detRand(1), f.priv, f.key, 1, 0, f.heads, &wire.Content{Text: strings.Repeat("a", gossip.MaxTextSize+1)})
 	if !errors.Is(err, gossip.ErrTooLarge) {
 		t.Fatalf("text of MaxTextSize+1 bytes: err = %v, want ErrTooLarge", err)
 	}

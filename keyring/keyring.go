@@ -128,7 +128,7 @@ func MetaFromWire(w *wire.KeyMeta) (Meta, error) {
 	if m.Creator, err = wire.ParsePeerID(w.Creator); err != nil {
 		return m, fmt.Errorf("%w: creator", ErrMalformedMeta)
 	}
-	if len(w.RosterHeads) == 0 || len(w.RosterHeads) > 64 {
+	if len(w.RosterHeads) == 0 || len(w.RosterHeads) > roster.MaxParents {
 		return m, fmt.Errorf("%w: %d roster heads", ErrMalformedMeta, len(w.RosterHeads))
 	}
 	for _, h := range w.RosterHeads {

@@ -141,13 +141,6 @@ func (d *dag) remove(name string, author, member int, parents ...string) *Op {
 	return op
 }
 
-func (d *dag) leave(name string, author int, parents ...string) *Op {
-	d.t.Helper()
-	op := d.mk(name, KindLeave, author, 0, 0, parents...)
-	d.insert(op)
-	return op
-}
-
 // wantMembers asserts the exact member set of st, as "name:role" pairs.
 func wantMembers(t testing.TB, st *State, want map[int]Role) {
 	t.Helper()

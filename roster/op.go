@@ -31,9 +31,6 @@ const (
 	MaxMarks = 64
 
 	opIDDomain = "p2pchat/v1/op-id"
-	// maxSignedEnvelope bounds a marshalled wire.Signed: the body plus the
-	// few hundred bytes of signature, signer and tags.
-	maxSignedEnvelope = wire.MaxSignedBody + 1024
 )
 
 var (
@@ -331,18 +328,6 @@ func sign(priv crypto.PrivKey, author peer.ID, pb *wire.Op) (*Op, error) {
 		return nil, fmt.Errorf("%w: %w", ErrMalformed, err)
 	}
 	return build(author, s, &back)
-}
-
-// Parse decodes and verifies a proto-marshalled wire.Signed holding an op.
-func Parse(b []byte) (*Op, error) {
-	if len(b) > maxSignedEnvelope {
-		return nil, fmt.Errorf("%w: signed op of %d bytes", ErrMalformed, len(b))
-	}
-	var s wire.Signed
-	if err := proto.Unmarshal(b, &s); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrMalformed, err)
-	}
-	return Decode(&s)
 }
 
 // Decode verifies the signature of s and only then decodes and checks the

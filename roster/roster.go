@@ -22,13 +22,6 @@ func (b bitset) has(i int) bool {
 
 func (b bitset) set(i int) { b[i>>6] |= 1 << (uint(i) & 63) }
 
-// or merges o into b; o must not be longer than b.
-func (b bitset) or(o bitset) {
-	for i, w := range o {
-		b[i] |= w
-	}
-}
-
 // node is an applied op.
 type node struct {
 	op  *Op
