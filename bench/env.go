@@ -296,13 +296,14 @@ func newMockCluster(n, extra int, params node.Params) (*mockCluster, error) {
 	}
 	for _, h := range hosts {
 		psctx, pscancel := context.WithCancel(context.Background())
-		ps, err := pubsub.NewGossipSub(psctx, h, gossip.PubSubOptions()...)
+		filter := node.NewPeerFilter()
+		ps, err := pubsub.NewGossipSub(psctx, h, filter.PubSubOptions()...)
 		if err != nil {
 			pscancel()
 			return nil, err
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		nd, err := node.New(ctx, node.Config{Host: h, PubSub: ps, Params: params})
+		nd, err := node.New(ctx, node.Config{Host: h, PubSub: ps, PeerFilter: filter, Params: params})
 		cancel()
 		if err != nil {
 			pscancel()

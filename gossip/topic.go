@@ -2,7 +2,6 @@ package gossip
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
@@ -131,7 +130,10 @@ func (t *Topic) Next(ctx context.Context, self peer.ID) (*Inbound, peer.ID, erro
 		}
 		in, ok := m.ValidatorData.(*Inbound)
 		if !ok {
-			return nil, "", errors.New("gossip: message without validator data")
+			// Only a message our validator accepted carries its parse; one
+			// without (pubsub delivered it unvalidated) is skipped, not
+			// taken as the end of the subscription.
+			continue
 		}
 		return in, m.ReceivedFrom, nil
 	}

@@ -3,11 +3,14 @@ package node
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p"
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	pb "github.com/libp2p/go-libp2p-pubsub/pb"
 	"github.com/libp2p/go-libp2p/core/crypto"
@@ -50,12 +53,13 @@ func TestEmbedded(t *testing.T) {
 	}
 	var routers []*pubsub.PubSub
 	for _, h := range hosts {
-		ps, err := pubsub.NewGossipSub(ctx, h, gossip.PubSubOptions()...)
+		filter := NewPeerFilter()
+		ps, err := pubsub.NewGossipSub(ctx, h, filter.PubSubOptions()...)
 		if err != nil {
 			t.Fatal(err)
 		}
 		routers = append(routers, ps)
-		n, err := New(ctx, Config{Host: h, PubSub: ps, Params: testParams})
+		n, err := New(ctx, Config{Host: h, PubSub: ps, PeerFilter: filter, Params: testParams})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -159,3 +163,145 @@ func (noopTracer) SendRPC(*pubsub.RPC, peer.ID)                         {}
 func (noopTracer) SendRPCCompleted(*pubsub.RPC, peer.ID, time.Duration) {}
 func (noopTracer) DropRPC(*pubsub.RPC, peer.ID)                         {}
 func (noopTracer) UndeliverableMessage(*pubsub.Message)                 {}
+
+// newEmbedded starts a node on a host and router of its own (a program
+// embedding p2pchat), with the peer filter it is given.
+func newEmbedded(t *testing.T, filter *PeerFilter, psOpts []pubsub.Option) *testNode {
+	t.Helper()
+	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ps, err := pubsub.NewGossipSub(ctx, h, psOpts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := New(context.Background(), Config{Host: h, PubSub: ps, PeerFilter: filter, Params: testParams})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tn := &testNode{Node: n, t: t, rec: newRecorder(n)}
+	t.Cleanup(func() {
+		tn.Close()
+		cancel()
+		_ = h.Close()
+	})
+	return tn
+}
+
+// graftTracer records the peers a router grafts onto its meshes, and
+// counts the RPCs it handles and the GRAFT requests among them.
+type graftTracer struct {
+	pubsub.RawTracer
+	mu      sync.Mutex
+	grafted map[peer.ID]bool
+	rpcs    int
+	grafts  []int // for each GRAFT request received, the RPC count then
+}
+
+func (g *graftTracer) RecvRPC(rpc *pubsub.RPC) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.rpcs++
+	if rpc.Control != nil && len(rpc.Control.Graft) > 0 {
+		g.grafts = append(g.grafts, g.rpcs)
+	}
+}
+
+// graftCount returns the GRAFT requests received so far.
+func (g *graftTracer) graftCount() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.grafts)
+}
+
+// handledAfterGraft reports whether the router has received a GRAFT
+// request beyond the first k and handled an RPC after it (one loop handles
+// RPCs in order, so that request is done with).
+func (g *graftTracer) handledAfterGraft(k int) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.grafts) > k && g.rpcs > g.grafts[k]
+}
+
+func (g *graftTracer) Graft(p peer.ID, _ string) {
+	g.mu.Lock()
+	g.grafted[p] = true
+	g.mu.Unlock()
+}
+
+func (g *graftTracer) has(p peer.ID) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.grafted[p]
+}
+
+// TestEmbedderPeerFilterKeepsStrangersOut: an embedder's router built with
+// the node's filter meshes a group's topic with members only. A stranger
+// subscribed to the topic grafts the member onto its own mesh (its router
+// has no filter) and so asks the member for a graft back; the member's
+// router grafts its fellow member but never the stranger, for as long as
+// the stranger keeps asking (GossipSub retries every heartbeat).
+func TestEmbedderPeerFilterKeepsStrangersOut(t *testing.T) {
+	filter := NewPeerFilter()
+	tracer := &graftTracer{RawTracer: noopTracer{}, grafted: map[peer.ID]bool{}}
+	e := newEmbedded(t, filter, append(filter.PubSubOptions(), pubsub.WithRawTracer(tracer)))
+	other := newTestNode(t, "")
+	connectAll(t, []*testNode{e, other})
+	gid := formGroup(t, []*testNode{e, other})
+	eventually(t, 10*time.Second, "the member grafts its fellow member", func() bool { return tracer.has(other.ID()) })
+	before := tracer.graftCount()
+	stranger := newSpy(t, nil)
+	stranger.connect(e, other)
+	stranger.listen(gid)
+	// The stranger's heartbeat grafts the member and sends it a GRAFT; once
+	// the member's router has handled a later RPC, it is done with it.
+	eventually(t, 10*time.Second, "the member's router handled the stranger's GRAFT request", func() bool {
+		return tracer.handledAfterGraft(before) || tracer.has(stranger.host.ID())
+	})
+	if tracer.has(stranger.host.ID()) {
+		t.Fatal("the embedder's router grafted a stranger onto the group's mesh")
+	}
+}
+
+// TestEmbedderConfigErrors: a supplied router without the node's filter,
+// an identity next to a supplied host, a filter used by a second node and
+// a context already done are each a clear error.
+func TestEmbedderConfigErrors(t *testing.T) {
+	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ps, err := pubsub.NewGossipSub(ctx, h, gossip.PubSubOptions()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	priv, _, _ := crypto.GenerateEd25519Key(rand.Reader)
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		want string
+	}{
+		{"no filter", Config{Host: h, PubSub: ps}, "PeerFilter"},
+		{"identity and host", Config{Host: h, PubSub: ps, PeerFilter: NewPeerFilter(), Identity: priv}, "Identity"},
+	} {
+		if _, err := New(context.Background(), tc.cfg); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: New returned %v, want an error naming %s", tc.name, err, tc.want)
+		}
+	}
+	done, cancelDone := context.WithCancel(context.Background())
+	cancelDone()
+	if _, err := New(done, Config{}); !errors.Is(err, context.Canceled) {
+		t.Errorf("New with a cancelled context: %v", err)
+	}
+	filter := NewPeerFilter()
+	first := newEmbedded(t, filter, filter.PubSubOptions())
+	_ = first
+	if _, err := New(context.Background(), Config{Host: h, PubSub: ps, PeerFilter: filter}); err == nil || !strings.Contains(err.Error(), "another node") {
+		t.Errorf("a filter reused for a second node: %v", err)
+	}
+}

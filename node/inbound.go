@@ -194,6 +194,8 @@ func (g *Group) readLoop(ctx context.Context, t *gossip.Topic) {
 	for {
 		in, from, err := t.Next(ctx, g.n.self)
 		if err != nil {
+			// Next fails only when the subscription has ended or ctx is
+			// done; a message it cannot use is skipped inside it.
 			return
 		}
 		switch {
@@ -237,17 +239,32 @@ func (g *Group) ingestLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		}
-		envs := []*gossip.Envelope{first.env}
+		batch := []heldEnvelope{first}
 	drain:
-		for len(envs) < ingestBatch {
+		for len(batch) < ingestBatch {
 			select {
 			case h := <-g.ingestQ:
-				envs = append(envs, h.env)
+				batch = append(batch, h)
 			default:
 				break drain
 			}
 		}
-		g.ingest(first.from, envs)
+		// One ingest per forwarder, so that a stale-roster fetch goes to the
+		// peer that sent the envelope naming the heads.
+		for len(batch) > 0 {
+			from := batch[0].from
+			var envs []*gossip.Envelope
+			rest := batch[:0]
+			for _, h := range batch {
+				if h.from == from {
+					envs = append(envs, h.env)
+				} else {
+					rest = append(rest, h)
+				}
+			}
+			g.ingest(from, envs)
+			batch = rest
+		}
 	}
 }
 

@@ -132,7 +132,10 @@ func dialableAddrs(addrs []ma.Multiaddr) []ma.Multiaddr {
 	return append(out, loop...)
 }
 
-// Connect dials a peer and remembers its addresses.
+// Connect dials a peer. Its addresses are remembered only once it is a
+// member of one of our groups (addressBookLoop), so that the node can
+// reach members again after a restart; a peer that is no member is not
+// remembered.
 func (n *Node) Connect(ctx context.Context, ai peer.AddrInfo) error {
 	ctx, finish, err := n.life.call(ctx)
 	if err != nil {

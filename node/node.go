@@ -39,7 +39,9 @@ import (
 var (
 	// ErrClosed means the node has been closed.
 	ErrClosed = errors.New("node is closed")
-	// ErrUnknownGroup means this node has not joined the group.
+	// ErrUnknownGroup means this node has not joined the group. Node's own
+	// methods take a *Group and never return it; programs that look groups
+	// up by ID or name (the local API) do.
 	ErrUnknownGroup = errors.New("unknown group")
 	// ErrNotMember means this node (or the named peer) is not a member.
 	ErrNotMember = errors.New("not a member")
@@ -60,12 +62,20 @@ type Config struct {
 	// Identity overrides the identity stored in Dir. It must be Ed25519.
 	Identity crypto.PrivKey
 	// Host and PubSub let an embedding program supply its own. Both or
-	// neither. The host's identity must be Ed25519. Create the pubsub with
-	// gossip.PubSubOptions(): every member's router must use the same
-	// signature policy (a StrictSign router and a StrictNoSign router
-	// reject each other's messages), and p2pchat signs each message itself.
-	Host   host.Host
-	PubSub *pubsub.PubSub
+	// neither, and then PeerFilter too. The host's identity must be
+	// Ed25519, and Identity must be empty (the host's key is the node's).
+	// Create the pubsub with PeerFilter.PubSubOptions(): every member's
+	// router must use the same signature policy (a StrictSign router and a
+	// StrictNoSign router reject each other's messages) and message IDs,
+	// p2pchat signs each message itself, and the filter keeps peers the
+	// roster does not name out of a group's mesh. Policies the program's
+	// own host and router must keep: do not add a topic validator or a
+	// message ID function for p2pchat topics (the node installs its own),
+	// do not change the router's signature policy, and keep the node's
+	// stream protocols (/p2pchat/...) free for it.
+	Host       host.Host
+	PubSub     *pubsub.PubSub
+	PeerFilter *PeerFilter
 	// ListenAddrs for a node-created host. Default: TCP and QUIC on all
 	// interfaces, any port.
 	ListenAddrs []string
@@ -202,6 +212,15 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	if (cfg.Host == nil) != (cfg.PubSub == nil) {
 		return nil, errors.New("node: Config.Host and Config.PubSub go together")
 	}
+	if cfg.PubSub != nil && cfg.PeerFilter == nil {
+		return nil, errors.New("node: Config.PubSub needs Config.PeerFilter (create the router with NewPeerFilter().PubSubOptions())")
+	}
+	if cfg.Host != nil && cfg.Identity != nil {
+		return nil, errors.New("node: Config.Identity and Config.Host exclude each other: the node takes the host's identity")
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("node: %w", err)
+	}
 	n := &Node{
 		log:     cfg.Logger,
 		params:  cfg.Params.withDefaults(),
@@ -244,6 +263,9 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	var err error
 	switch {
 	case cfg.Host != nil:
+		if err := cfg.PeerFilter.bind(n); err != nil {
+			return nil, err
+		}
 		n.host, n.ps = cfg.Host, cfg.PubSub
 		n.priv = cfg.Host.Peerstore().PrivKey(cfg.Host.ID())
 		if n.priv == nil {
@@ -289,8 +311,11 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 			return nil, fmt.Errorf("node: start host: %w", err)
 		}
 		n.ownsHost = true
-		psOpts := append(gossip.PubSubOptions(), pubsub.WithPeerFilter(n.peerFilter))
-		psOpts = append(psOpts, cfg.PubSubOptions...)
+		filter := NewPeerFilter()
+		if err := filter.bind(n); err != nil {
+			return nil, err
+		}
+		psOpts := append(filter.PubSubOptions(), cfg.PubSubOptions...)
 		if n.ps, err = pubsub.NewGossipSub(n.ctx, n.host, psOpts...); err != nil {
 			return nil, fmt.Errorf("node: start pubsub: %w", err)
 		}
