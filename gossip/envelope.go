@@ -36,14 +36,9 @@ func (e *Envelope) LogValue() slog.Value {
 		slog.Int("bytes", len(e.Ciphertext)))
 }
 
-// SealEnvelope encrypts content under key as message seq of the signer and
-// signs the result: one signature per message. It states no KeyFirstSeq.
-func SealEnvelope(rand io.Reader, priv crypto.PrivKey, key *keyring.Key, seq uint64, heads []roster.OpID, content *wire.Content) (*Envelope, error) {
-	return SealEnvelopeFrom(rand, priv, key, seq, 0, heads, content)
-}
-
-// SealEnvelopeFrom is SealEnvelope stating keyFirstSeq, the sender's first
-// sequence number under key (at most seq).
+// SealEnvelopeFrom encrypts content under key as message seq of the signer
+// and signs the result: one signature per message. keyFirstSeq is the
+// sender's first sequence number under key (at most seq; 0 states none).
 func SealEnvelopeFrom(rand io.Reader, priv crypto.PrivKey, key *keyring.Key, seq, keyFirstSeq uint64, heads []roster.OpID, content *wire.Content) (*Envelope, error) {
 	if keyFirstSeq > seq {
 		return nil, fmt.Errorf("%w: first sequence number %d after %d", ErrMalformed, keyFirstSeq, seq)

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -46,20 +47,7 @@ type Message struct {
 }
 
 // ID names a message uniquely within its group: sender and sequence number.
-func (m *Message) ID() string { return m.Sender.String() + "/" + uitoa(m.Seq) }
-
-func uitoa(v uint64) string {
-	var b [20]byte
-	i := len(b)
-	for {
-		i--
-		b[i] = byte('0' + v%10)
-		v /= 10
-		if v == 0 {
-			return string(b[i:])
-		}
-	}
-}
+func (m *Message) ID() string { return m.Sender.String() + "/" + strconv.FormatUint(m.Seq, 10) }
 
 // EventKind says what an Event reports.
 type EventKind int

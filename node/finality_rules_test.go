@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -401,8 +402,8 @@ func TestDepartedMarkIgnoresSeqJump(t *testing.T) {
 	for _, h := range honest {
 		eventually(t, 10*time.Second, "P's envelopes within the bound shown, the jump dropped", func() bool {
 			r := h.rec.readable(gid)
-			return r[P.ID().String()+"/"+uitoa(cont1.Seq)] == "in flight 1" &&
-				r[P.ID().String()+"/"+uitoa(cont2.Seq)] == "in flight 2" &&
+			return r[P.ID().String()+"/"+strconv.FormatUint(cont1.Seq, 10)] == "in flight 1" &&
+				r[P.ID().String()+"/"+strconv.FormatUint(cont2.Seq, 10)] == "in flight 2" &&
 				h.heldOf(gid, pID) == 0
 		})
 	}

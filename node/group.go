@@ -767,11 +767,6 @@ func (g *Group) loadEnvelope(sender peer.ID, seq uint64) (*gossip.Envelope, *wir
 	return e, &rec, nil
 }
 
-// storedEnvelope returns the stored envelope of message seq from sender.
-func (g *Group) storedEnvelope(sender peer.ID, seq uint64) (*gossip.Envelope, error) {
-	e, _, err := g.loadEnvelope(sender, seq)
-	return e, err
-}
 
 // messageLocked builds the member's view of an envelope: decrypted when the
 // key is held, waiting otherwise; nil when it does not authenticate.

@@ -442,3 +442,9 @@ func waitSameSendingKey(t testing.TB, nodes []*testNode, gid roster.GroupID, not
 	})
 	return id
 }
+
+// storedEnvelope reads a stored envelope, verified again.
+func (g *Group) storedEnvelope(sender peer.ID, seq uint64) (*gossip.Envelope, error) {
+	e, _, err := g.loadEnvelope(sender, seq)
+	return e, err
+}

@@ -202,13 +202,13 @@ func TestForgedInputRejected(t *testing.T) {
 
 	// Envelopes.
 	key := keyOf(t, a, gid, bg.SendingKeyID())
-	strangerEnv, _ := gossip.SealEnvelope(rand.Reader, rPriv, key, 1, heads, &wire.Content{Text: "from a stranger"})
+	strangerEnv, _ := gossip.SealEnvelopeFrom(rand.Reader, rPriv, key, 1, 0, heads, &wire.Content{Text: "from a stranger"})
 	publishEnv(strangerEnv.Signed) // signed by a non-member (who somehow has the key)
-	forgedEnv, _ := gossip.SealEnvelope(rand.Reader, a.priv, key, 900, heads, &wire.Content{Text: "forged"})
+	forgedEnv, _ := gossip.SealEnvelopeFrom(rand.Reader, a.priv, key, 900, 0, heads, &wire.Content{Text: "forged"})
 	fe := clone(forgedEnv.Signed)
 	fe.Signature[0] ^= 1
 	publishEnv(fe) // claims a's signature
-	badCipher, _ := gossip.SealEnvelope(rand.Reader, c.priv, key, 901, heads, &wire.Content{Text: "tampered"})
+	badCipher, _ := gossip.SealEnvelopeFrom(rand.Reader, c.priv, key, 901, 0, heads, &wire.Content{Text: "tampered"})
 	badCipher.Ciphertext[0] ^= 1
 	resigned, _ := wire.Sign(c.priv, wire.Kind_KIND_ENVELOPE, &wire.Envelope{GroupId: gid[:], KeyId: key.Meta.KeyID[:], Sender: []byte(c.ID()),
 		Seq: 901, RosterHeads: [][]byte{heads[0][:]}, Nonce: badCipher.Nonce, Ciphertext: badCipher.Ciphertext})
@@ -240,7 +240,7 @@ func TestForgedInputRejected(t *testing.T) {
 	}
 
 	// A sentinel through the same path, so the forgeries above were seen.
-	sentinel, _ := gossip.SealEnvelope(rand.Reader, a.priv, key, 1000, heads, &wire.Content{Text: "sentinel"})
+	sentinel, _ := gossip.SealEnvelopeFrom(rand.Reader, a.priv, key, 1000, 0, heads, &wire.Content{Text: "sentinel"})
 	publishEnv(sentinel.Signed)
 	eventually(t, 10*time.Second, "b shows the sentinel", func() bool {
 		return b.rec.readable(gid)[(&Message{Sender: a.ID(), Seq: 1000}).ID()] == "sentinel"

@@ -69,7 +69,7 @@ func newHostileResponder(t *testing.T, identity crypto.PrivKey, gid roster.Group
 			resp := &wire.SyncResponse{More: true}
 			for range 64 {
 				seq++
-				e, err := gossip.SealEnvelope(rand.Reader, identity, key, seq, []roster.OpID{gid}, &wire.Content{Text: "junk", SentAtMs: time.Now().UnixMilli()})
+				e, err := gossip.SealEnvelopeFrom(rand.Reader, identity, key, seq, 0, []roster.OpID{gid}, &wire.Content{Text: "junk", SentAtMs: time.Now().UnixMilli()})
 				if err != nil {
 					return nil, false
 				}
