@@ -767,7 +767,6 @@ func (g *Group) loadEnvelope(sender peer.ID, seq uint64) (*gossip.Envelope, *wir
 	return e, &rec, nil
 }
 
-
 // messageLocked builds the member's view of an envelope: decrypted when the
 // key is held, waiting otherwise; nil when it does not authenticate.
 func (g *Group) messageLocked(e *gossip.Envelope, received time.Time) *Message {
