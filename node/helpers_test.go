@@ -12,10 +12,11 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"slices"
+
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/host"
 	"google.golang.org/protobuf/proto"
-	"slices"
 
 	"github.com/p2pchat/p2pchat/gossip"
 	"github.com/p2pchat/p2pchat/internal/gate"

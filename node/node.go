@@ -8,6 +8,25 @@
 // to a peer the key's metadata does not entitle, never accept a key that does
 // not match its ID, never show a message whose signature it has not verified,
 // and never log message text or key bytes.
+//
+// Who owns what. node.go: Config, New, Close and the Node's group table;
+// lifecycle.go: admission of public calls and Close's wait for them;
+// writer.go: the one background writer (group commits; callers sync on it
+// outside every lock); network.go: addresses, reconnects, mDNS, invites;
+// embed.go: the peer filter for programs that bring their own router;
+// events.go: the event hub. Per group: group.go holds the Group's state and
+// its goroutines' lifecycle; validate.go the topic validator; inbound.go the
+// topic reader, ingest and the timer loop; order.go per-sender delivery
+// order; send.go the send path and publisher; history.go reading stored
+// messages; membership.go Add, Remove, Leave and roster ops from peers;
+// finality.go acks and the departed-sender rule; rotation.go our keys and
+// their distribution; keys.go keys received from peers; keyrequest.go key
+// requests; answered.go the requests already answered; sync.go history
+// sync.
+//
+// Locks, in the order they may be taken: Group.sendMu, Group.ingestMu,
+// Group.mu, Group.outMu. Group.mu is never held across disk or network I/O
+// or a call into pubsub; the validator takes it only briefly.
 package node
 
 import (

@@ -30,8 +30,10 @@ const (
 // seqRanges is a sorted list of disjoint inclusive ranges.
 type seqRanges [][2]uint64
 
-func (r seqRanges) contains(seq uint64) bool {
-	i, found := slices.BinarySearchFunc(r, seq, func(rg [2]uint64, s uint64) int {
+// find returns the index of the range holding seq, or where a range for
+// it would go, and whether one holds it.
+func (r seqRanges) find(seq uint64) (int, bool) {
+	return slices.BinarySearchFunc(r, seq, func(rg [2]uint64, s uint64) int {
 		switch {
 		case rg[1] < s:
 			return -1
@@ -40,26 +42,71 @@ func (r seqRanges) contains(seq uint64) bool {
 		}
 		return 0
 	})
-	return found && i < len(r)
+}
+
+func (r seqRanges) contains(seq uint64) bool {
+	_, found := r.find(seq)
+	return found
+}
+
+// add returns r with seq in it, ranges merged where they touch.
+func (r seqRanges) add(seq uint64) seqRanges {
+	i, found := r.find(seq)
+	if found {
+		return r // held already
+	}
+	joinsPrev := i > 0 && r[i-1][1]+1 == seq
+	joinsNext := i < len(r) && seq+1 == r[i][0]
+	switch {
+	case joinsPrev && joinsNext:
+		r[i-1][1] = r[i][1]
+		return slices.Delete(r, i, i+1)
+	case joinsPrev:
+		r[i-1][1] = seq
+	case joinsNext:
+		r[i][0] = seq
+	default:
+		r = slices.Insert(r, i, [2]uint64{seq, seq})
+	}
+	return r
+}
+
+// loadStoredSlots reads which sequence numbers the store holds per sender
+// (keys only), once at start; from then on storing a message notes its
+// slot (noteStoredLocked), so that the validator, delivery order and the
+// sync summary never read the disk for it.
+func (g *Group) loadStoredSlots() error {
+	return g.n.store.MessageIndex(g.id, func(sender []byte, seq uint64) error {
+		p := peer.ID(sender)
+		g.stored[p] = g.stored[p].add(seq)
+		return nil
+	})
+}
+
+// noteStoredLocked records that the store holds message seq of sender.
+func (g *Group) noteStoredLocked(sender peer.ID, seq uint64) {
+	g.stored[sender] = g.stored[sender].add(seq)
 }
 
 // haveSummary lists the sequence numbers held per sender.
 func (g *Group) haveSummary() ([]*wire.SeqRanges, error) {
-	var out []*wire.SeqRanges
-	var cur *wire.SeqRanges
-	err := g.n.store.MessageIndex(g.id, func(sender []byte, seq uint64) error {
-		if cur == nil || string(cur.Sender) != string(sender) {
-			cur = &wire.SeqRanges{Sender: slices.Clone(sender)}
-			out = append(out, cur)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	senders := make([]peer.ID, 0, len(g.stored))
+	for p := range g.stored {
+		senders = append(senders, p)
+	}
+	slices.Sort(senders) // the store's order: by sender bytes
+	out := make([]*wire.SeqRanges, 0, len(senders))
+	for _, p := range senders {
+		rs := g.stored[p]
+		bounds := make([]uint64, 0, 2*len(rs))
+		for _, rg := range rs {
+			bounds = append(bounds, rg[0], rg[1])
 		}
-		if n := len(cur.Bounds); n > 0 && cur.Bounds[n-1]+1 == seq {
-			cur.Bounds[n-1] = seq
-		} else {
-			cur.Bounds = append(cur.Bounds, seq, seq)
-		}
-		return nil
-	})
-	return out, err
+		out = append(out, &wire.SeqRanges{Sender: []byte(p), Bounds: bounds})
+	}
+	return out, nil
 }
 
 func parseSummary(have []*wire.SeqRanges) (map[peer.ID]seqRanges, bool) {
@@ -355,6 +402,7 @@ func (g *Group) ingest(from peer.ID, envs []*gossip.Envelope) (added int) {
 			continue
 		}
 		added++
+		g.noteStoredLocked(e.Sender, e.Seq)
 		if e.Seq > g.highSeq[e.Sender] {
 			g.highSeq[e.Sender] = e.Seq
 		}
