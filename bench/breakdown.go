@@ -14,7 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/p2pchat/p2pchat/gossip"
-	"github.com/p2pchat/p2pchat/internal/wire"
+	"github.com/p2pchat/p2pchat/wire"
 )
 
 // The latency breakdown: where a paced message's time goes, stage by stage,

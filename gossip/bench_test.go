@@ -21,9 +21,9 @@ import (
 
 	"github.com/p2pchat/p2pchat/gossip"
 	"github.com/p2pchat/p2pchat/internal/testkeys"
-	"github.com/p2pchat/p2pchat/internal/wire"
 	"github.com/p2pchat/p2pchat/keyring"
 	"github.com/p2pchat/p2pchat/roster"
+	"github.com/p2pchat/p2pchat/wire"
 )
 
 // benchSizes are the message sizes every per-message benchmark runs at:
@@ -214,7 +214,7 @@ func newFloorAEAD(b *testing.B) cipher.AEAD {
 // fresh random 24-byte nonce (nonce generation included, as in the real
 // path). No framing, no associated data, no protobuf. The standard library
 // is used on purpose: it is the reference everyone has; the project itself
-// signs with curve25519-voi (internal/wire/ed25519.go).
+// signs with curve25519-voi (wire/ed25519.go).
 func BenchmarkPerMessageFloorSignSeal(b *testing.B) {
 	benchFloorSignSeal(b, func(priv stded25519.PrivateKey, msg []byte) []byte { return stded25519.Sign(priv, msg) })
 }

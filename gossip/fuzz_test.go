@@ -6,8 +6,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/p2pchat/p2pchat/gossip"
-	"github.com/p2pchat/p2pchat/internal/wire"
 	"github.com/p2pchat/p2pchat/keyring"
+	"github.com/p2pchat/p2pchat/wire"
 )
 
 // FuzzDecodeInbound feeds arbitrary topic bytes to the validator's decoder.

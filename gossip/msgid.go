@@ -23,7 +23,7 @@ import (
 //
 // Nobody but the signer can make another valid form of a signed content
 // either. Ed25519 signatures are not malleable under the verification every
-// node uses (internal/wire, FIPS 186-5): S must be canonical (S < L), so
+// node uses (wire, FIPS 186-5): S must be canonical (S < L), so
 // S+L is refused; R and A must be canonical encodings; and R's bytes are
 // hashed into the challenge, so changing R, even by a torsion point the
 // cofactored equation would absorb, breaks the signature. The author rule

@@ -9,8 +9,8 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/p2pchat/p2pchat/internal/wire"
 	"github.com/p2pchat/p2pchat/roster"
+	"github.com/p2pchat/p2pchat/wire"
 )
 
 // FuzzParseInvite: invite codes come from other people; parsing must never

@@ -14,10 +14,10 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/p2pchat/p2pchat/gossip"
-	"github.com/p2pchat/p2pchat/internal/wire"
 	"github.com/p2pchat/p2pchat/keyring"
 	"github.com/p2pchat/p2pchat/roster"
 	"github.com/p2pchat/p2pchat/store"
+	"github.com/p2pchat/p2pchat/wire"
 )
 
 // Group is one joined group. Its methods are safe for concurrent use.

@@ -20,9 +20,9 @@ import (
 
 	"github.com/p2pchat/p2pchat/gossip"
 	"github.com/p2pchat/p2pchat/internal/gate"
-	"github.com/p2pchat/p2pchat/internal/wire"
 	"github.com/p2pchat/p2pchat/keyring"
 	"github.com/p2pchat/p2pchat/roster"
+	"github.com/p2pchat/p2pchat/wire"
 )
 
 // testParams keep the timed paths quick in tests.

@@ -11,8 +11,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/p2pchat/p2pchat/gossip"
-	"github.com/p2pchat/p2pchat/internal/wire"
 	"github.com/p2pchat/p2pchat/store"
+	"github.com/p2pchat/p2pchat/wire"
 )
 
 // History returns every stored message in arrival order, decrypted where

@@ -14,10 +14,10 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/p2pchat/p2pchat/gossip"
-	"github.com/p2pchat/p2pchat/internal/wire"
 	"github.com/p2pchat/p2pchat/keyring"
 	"github.com/p2pchat/p2pchat/roster"
 	"github.com/p2pchat/p2pchat/store"
+	"github.com/p2pchat/p2pchat/wire"
 )
 
 // Add admits p with role. The new member gets the next epoch key, derived

@@ -17,8 +17,8 @@ import (
 	manet "github.com/multiformats/go-multiaddr/net"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/p2pchat/p2pchat/internal/wire"
 	"github.com/p2pchat/p2pchat/roster"
+	"github.com/p2pchat/p2pchat/wire"
 )
 
 // MDNSService is the mDNS service name p2pchat nodes announce on a LAN.

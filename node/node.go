@@ -50,9 +50,9 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/p2pchat/p2pchat/gossip"
-	"github.com/p2pchat/p2pchat/internal/wire"
 	"github.com/p2pchat/p2pchat/roster"
 	"github.com/p2pchat/p2pchat/store"
+	"github.com/p2pchat/p2pchat/wire"
 )
 
 var (

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/p2pchat/p2pchat/gossip"
-	"github.com/p2pchat/p2pchat/internal/wire"
+	"github.com/p2pchat/p2pchat/wire"
 )
 
 // TestBurstNoLoss: one member sends 1000 messages as fast as it can; every

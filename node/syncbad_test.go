@@ -13,7 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/p2pchat/p2pchat/gossip"
-	"github.com/p2pchat/p2pchat/internal/wire"
+	"github.com/p2pchat/p2pchat/wire"
 )
 
 // TestSyncBatchWithOneBadEnvelope: a history answer that carries one

@@ -5,7 +5,7 @@ import (
 	"errors"
 	"testing"
 
-	"github.com/p2pchat/p2pchat/internal/wire"
+	"github.com/p2pchat/p2pchat/wire"
 )
 
 func fuzzSeedOps(t testing.TB) []*Op {

@@ -14,7 +14,7 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/p2pchat/p2pchat/internal/wire"
+	"github.com/p2pchat/p2pchat/wire"
 )
 
 // signRaw signs arbitrary body bytes as a roster op, bypassing every check,

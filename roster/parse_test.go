@@ -5,7 +5,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
-	"github.com/p2pchat/p2pchat/internal/wire"
+	"github.com/p2pchat/p2pchat/wire"
 )
 
 // maxSignedEnvelope bounds a marshalled wire.Signed: the body plus the few

@@ -1,5 +1,5 @@
 // Wire format of p2pchat, version 1. docs/protocol.md states the rules;
-// this file states the bytes. Regenerate with `go generate ./internal/wire`.
+// this file states the bytes. Regenerate with `go generate ./wire`.
 //
 // Serialization rule: everything that is signed travels as a Signed message
 // whose `body` holds the exact serialized bytes of the inner message. The
@@ -1972,7 +1972,7 @@ const file_wire_proto_rawDesc = "" +
 	"\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n" +
 	"\vROLE_MEMBER\x10\x01\x12\x0e\n" +
 	"\n" +
-	"ROLE_ADMIN\x10\x02B*Z(github.com/p2pchat/p2pchat/internal/wireb\x06proto3"
+	"ROLE_ADMIN\x10\x02B!Z\x1fgithub.com/p2pchat/p2pchat/wireb\x06proto3"
 
 var (
 	file_wire_proto_rawDescOnce sync.Once
