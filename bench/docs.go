@@ -102,6 +102,13 @@ func writeDocsFiles(cfg *config, rows []row, plots *plotData, total time.Duratio
 		b.WriteString("\n\n")
 	}
 	b.WriteString(methodology(cfg))
+	// Comparisons across commits (before/after a change) cannot come from
+	// one run of one commit: they are kept by hand in docs/bench/history.md
+	// and carried over verbatim.
+	if hist, err := os.ReadFile(filepath.Join(docs, "bench", "history.md")); err == nil {
+		b.WriteString("\n")
+		b.Write(hist)
+	}
 	return os.WriteFile(filepath.Join(docs, "benchmarks.md"), []byte(b.String()), 0o644)
 }
 

@@ -86,6 +86,7 @@ var scenarios = []scenario{
 	{"daemon", nil, runDaemon},
 	{"memory", []string{"mem"}, runMemory},
 	{"delivery", []string{"throughput", "latency", "burst"}, runThroughput},
+	{"disk", []string{"daemon-delivery"}, runDiskVariant},
 	{"breakdown", []string{"latency-breakdown"}, runBreakdown},
 	{"rotation", nil, runRotation},
 	{"selfheal", []string{"self-heal", "heal"}, runSelfHeal},
@@ -94,7 +95,7 @@ var scenarios = []scenario{
 }
 
 func main() {
-	only := flag.String("only", "", "comma-separated scenarios to run: daemon, memory, delivery (throughput, latency, burst), breakdown, rotation, selfheal, catchup, micro")
+	only := flag.String("only", "", "comma-separated scenarios to run: daemon, memory, delivery (throughput, latency, burst), disk (delivery on on-disk stores), breakdown, rotation, selfheal, catchup, micro")
 	quick := flag.Bool("quick", false, "smoke run: fewer nodes, messages and samples")
 	writeDocs := flag.Bool("write-docs", false, "write docs/benchmarks.md and docs/bench/*.svg")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
