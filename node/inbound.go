@@ -23,14 +23,6 @@ const (
 	// a member (a newcomer's first ops before its add arrives need few).
 	maxPendingPerAuthor = 64
 
-	// firstContactWindow is how long the first message seen from a sender
-	// waits for earlier ones: enough for messages racing through pubsub's
-	// parallel validation, short enough not to be noticed.
-	firstContactWindow = 50 * time.Millisecond
-
-	// gapSyncWait is how long messages after a gap stay back while a history
-	// sync fetches the missing ones, before they are shown anyway.
-	gapSyncWait      = 3 * time.Second
 	keyRequestRate   = 1.0              // accepted key requests per second per requester
 	keyRequestBurst  = 20.0             // and in a burst
 	keyRequestMaxAge = 10 * time.Minute // older (or future) requests are ignored

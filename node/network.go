@@ -24,12 +24,8 @@ import (
 // MDNSService is the mDNS service name p2pchat nodes announce on a LAN.
 const MDNSService = "p2pchat"
 
-// Reconnection timing.
-const (
-	reconnectInterval = 15 * time.Second
-	dialTimeout       = 10 * time.Second
-	maxStoredAddrs    = 16
-)
+// maxStoredAddrs bounds the addresses remembered per member.
+const maxStoredAddrs = 16
 
 // ErrBadInvite means an invite code that does not parse.
 var ErrBadInvite = errors.New("malformed invite code")
@@ -232,10 +228,10 @@ func (n *Node) storedAddrs(p peer.ID) []ma.Multiaddr {
 
 // reconnectLoop keeps the node connected to the bootstrap peers and to the
 // members of its groups, dialing those it is not connected to at start and
-// then every reconnectInterval.
+// then every Params.ReconnectInterval.
 func (n *Node) reconnectLoop(bootstrap []peer.AddrInfo) {
 	defer n.wg.Done()
-	tick := time.NewTicker(reconnectInterval)
+	tick := time.NewTicker(n.params.ReconnectInterval)
 	defer tick.Stop()
 	for {
 		n.reconnect(bootstrap)
@@ -276,7 +272,7 @@ func (n *Node) reconnect(bootstrap []peer.AddrInfo) {
 		if n.host.Network().Connectedness(ai.ID) == network.Connected {
 			continue
 		}
-		ctx, cancel := context.WithTimeout(n.ctx, dialTimeout)
+		ctx, cancel := context.WithTimeout(n.ctx, n.params.DialTimeout)
 		if err := n.host.Connect(ctx, ai); err != nil {
 			n.log.Debug("reconnect failed", "peer", ai.ID.ShortString(), "err", err)
 		}
@@ -301,7 +297,7 @@ func (m mdnsNotifee) HandlePeerFound(ai peer.AddrInfo) {
 	n.wg.Add(1)
 	n.mu.Unlock()
 	defer n.wg.Done()
-	ctx, cancel := context.WithTimeout(n.ctx, dialTimeout)
+	ctx, cancel := context.WithTimeout(n.ctx, n.params.DialTimeout)
 	defer cancel()
 	if err := n.host.Connect(ctx, ai); err != nil {
 		n.log.Debug("mDNS peer dial failed", "peer", ai.ID.ShortString(), "err", err)

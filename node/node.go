@@ -156,6 +156,21 @@ type Params struct {
 	// arrive, so that the ack's mark covers them. Many heads are merged
 	// with an ack after a random delay of up to AckDelay.
 	AckDelay time.Duration
+	// FirstContactWindow is how long the first message seen from a sender
+	// waits for earlier ones: enough for messages racing through pubsub's
+	// parallel validation, short enough not to be noticed.
+	FirstContactWindow time.Duration
+	// GapSyncWait is how long messages after a gap stay back while a
+	// history sync fetches the missing ones, before they are shown anyway.
+	GapSyncWait time.Duration
+	// ExpectedKeyWait bounds how long a new member's first send waits for
+	// the epoch key its adder derived for it.
+	ExpectedKeyWait time.Duration
+	// SyncTimeout bounds one history sync with one peer, every round of it.
+	SyncTimeout time.Duration
+	// ReconnectInterval is how often the node dials bootstrap peers and
+	// members it is not connected to; DialTimeout bounds each dial.
+	ReconnectInterval, DialTimeout time.Duration
 }
 
 // DefaultParams returns the defaults.
@@ -170,6 +185,12 @@ func DefaultParams() Params {
 		PublishBatch:         gossip.MaxBatchEnvelopes,
 		PublishInterval:      2 * time.Millisecond,
 		AckDelay:             time.Second,
+		FirstContactWindow:   50 * time.Millisecond,
+		GapSyncWait:          3 * time.Second,
+		ExpectedKeyWait:      3 * time.Second,
+		SyncTimeout:          time.Minute,
+		ReconnectInterval:    15 * time.Second,
+		DialTimeout:          10 * time.Second,
 	}
 }
 
@@ -183,6 +204,12 @@ func (p Params) withDefaults() Params {
 	orDefault(&p.SyncInterval, d.SyncInterval)
 	orDefault(&p.PublishBatch, d.PublishBatch)
 	orDefault(&p.PublishInterval, d.PublishInterval)
+	orDefault(&p.FirstContactWindow, d.FirstContactWindow)
+	orDefault(&p.GapSyncWait, d.GapSyncWait)
+	orDefault(&p.ExpectedKeyWait, d.ExpectedKeyWait)
+	orDefault(&p.SyncTimeout, d.SyncTimeout)
+	orDefault(&p.ReconnectInterval, d.ReconnectInterval)
+	orDefault(&p.DialTimeout, d.DialTimeout)
 	orDefault(&p.AckDelay, d.AckDelay)
 	return p
 }

@@ -57,7 +57,7 @@ func (g *Group) deliverLocked(m *Message, keyFirstSeq uint64) {
 			// reordering in flight, not for history.
 			wait := g.n.params.ReorderWindow
 			if o.next == 0 {
-				wait = min(wait, firstContactWindow)
+				wait = min(wait, g.n.params.FirstContactWindow)
 			}
 			o.deadline = time.Now().Add(wait)
 			g.nudge()
@@ -113,7 +113,7 @@ func (g *Group) flushOrderLocked(now time.Time) (next time.Time) {
 			// order instead of showing up late.
 			o.gapSynced = true
 			g.gapSenders = append(g.gapSenders, sender)
-			o.deadline = now.Add(gapSyncWait)
+			o.deadline = now.Add(g.n.params.GapSyncWait)
 			if next.IsZero() || o.deadline.Before(next) {
 				next = o.deadline
 			}

@@ -17,10 +17,6 @@ import (
 	"github.com/p2pchat/p2pchat/wire"
 )
 
-// expectedKeyWait bounds how long a send waits for the key a new member's
-// adder derived for it, before generating a key of its own.
-const expectedKeyWait = 3 * time.Second
-
 // awaitExpectedKey waits while this node holds no qualifying key but its
 // own add op promises one (derived from the adder's key): generating a key
 // instead would split the group's sending key for no reason.
@@ -31,7 +27,7 @@ func (g *Group) awaitExpectedKey(ctx context.Context) {
 	if !waitNeeded {
 		return
 	}
-	deadline := time.NewTimer(expectedKeyWait)
+	deadline := time.NewTimer(g.n.params.ExpectedKeyWait)
 	defer deadline.Stop()
 	for {
 		g.mu.Lock()

@@ -208,7 +208,7 @@ func (g *Group) syncWith(p peer.ID) {
 			delete(g.syncing, p)
 			g.mu.Unlock()
 		}()
-		ctx, cancel := context.WithTimeout(g.ctx, time.Minute)
+		ctx, cancel := context.WithTimeout(g.ctx, g.n.params.SyncTimeout)
 		defer cancel()
 		// fetchRosterOps refuses a peer this node has counted out (§8.2);
 		// its history is still judged by the sender rule.
