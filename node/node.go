@@ -50,6 +50,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/p2pchat/p2pchat/gossip"
+	"github.com/p2pchat/p2pchat/internal/atomicfile"
 	"github.com/p2pchat/p2pchat/roster"
 	"github.com/p2pchat/p2pchat/store"
 	"github.com/p2pchat/p2pchat/wire"
@@ -402,14 +403,10 @@ func loadOrCreateIdentity(path string, rnd io.Reader) (crypto.PrivKey, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("node: create home: %w", err)
 	}
-	// Write to a temporary file and rename, so a crash never leaves a
-	// truncated identity behind.
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return nil, fmt.Errorf("node: write identity: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return nil, fmt.Errorf("node: write identity: %w", err)
+	// Synced, renamed into place, folder synced: a power cut right after
+	// the first start must not leave an empty identity behind (issue #11).
+	if err := atomicfile.Write(path, b, 0o600); err != nil {
+		return nil, fmt.Errorf("node: identity: %w", err)
 	}
 	return priv, nil
 }

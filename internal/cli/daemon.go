@@ -14,6 +14,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/p2pchat/p2pchat/internal/atomicfile"
+
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/gologshim"
 	ma "github.com/multiformats/go-multiaddr"
@@ -111,10 +113,10 @@ func runDaemon(e *env, args []string) error {
 
 	// The token first, then the address: a client that sees the address
 	// always finds the token.
-	if err := writeFileAtomic(filepath.Join(home, client.TokenFile), []byte(token+"\n"), 0o600); err != nil {
+	if err := atomicfile.Write(filepath.Join(home, client.TokenFile), []byte(token+"\n"), 0o600); err != nil {
 		return err
 	}
-	if err := writeFileAtomic(filepath.Join(home, client.APIFile), []byte(ln.Addr().String()+"\n"), 0o600); err != nil {
+	if err := atomicfile.Write(filepath.Join(home, client.APIFile), []byte(ln.Addr().String()+"\n"), 0o600); err != nil {
 		return err
 	}
 	defer os.Remove(filepath.Join(home, client.APIFile))
@@ -145,21 +147,6 @@ func newToken() (string, error) {
 		return "", err
 	}
 	return hex.EncodeToString(b), nil
-}
-
-// writeFileAtomic writes via a temporary file and rename, with perm.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, perm); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Chmod(tmp, perm); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
 }
 
 // errAlreadyRunning is returned when another daemon holds the home.
