@@ -100,8 +100,8 @@ func (g *Group) authorAck() {
 // cover them (that wait is what lets in-flight messages count).
 func (g *Group) highestSeqLocked(p peer.ID) uint64 {
 	seq := g.highSeq[p]
-	if o := g.order[p]; o != nil && o.next > 0 && o.next-1 > seq {
-		seq = o.next - 1
+	if shown := g.order.shownUpTo(p); shown > seq {
+		seq = shown
 	}
 	// Held ones count only where they continue the sequence without a gap:
 	// a departed member that sends seq 2^63 in this window must not raise

@@ -59,7 +59,7 @@ type Group struct {
 	signedMeta        map[keyring.ID]*wire.Signed // our signature over key metadata, for transfers
 	waiting           map[keyring.ID][]msgRef     // messages waiting for a key
 	keyReqs           map[keyring.ID]*keyRequest  // outstanding requests for keys
-	order             map[peer.ID]*senderOrder    // per-sender delivery order
+	order             *deliveryOrder              // per-sender delivery order
 	held              []heldEnvelope              // envelopes whose roster heads are unknown
 	reqBudget         map[peer.ID]*tokenBucket    // key requests accepted per requester
 	answered          answeredRequests            // key requests answered; its own lock
@@ -101,7 +101,7 @@ func (n *Node) startGroup(r *roster.Roster, left, isNew bool) (*Group, error) {
 		signedMeta:   make(map[keyring.ID]*wire.Signed),
 		waiting:      make(map[keyring.ID][]msgRef),
 		keyReqs:      make(map[keyring.ID]*keyRequest),
-		order:        make(map[peer.ID]*senderOrder),
+		order:        newDeliveryOrder(n.params),
 		reqBudget:    make(map[peer.ID]*tokenBucket),
 		fetching:     make(map[peer.ID]bool),
 		keyCh:        make(chan struct{}),

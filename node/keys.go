@@ -275,11 +275,9 @@ func (g *Group) showArrived(refs []msgRef) {
 		m := g.messageLocked(e, received)
 		buffered := false
 		if m != nil {
-			if o := g.order[ref.sender]; o != nil {
-				if buf, ok := o.buffered[ref.seq]; ok {
-					*buf = *m // not shown yet: it will be shown decrypted
-					buffered = true
-				}
+			if buf, ok := g.order.waiting(ref.sender, ref.seq); ok {
+				*buf = *m // not shown yet: it will be shown decrypted
+				buffered = true
 			}
 		}
 		g.mu.Unlock()
