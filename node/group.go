@@ -58,7 +58,7 @@ type Group struct {
 	ingestQ           chan heldEnvelope           // envelopes from the topic, for ingestLoop
 	signedMeta        map[keyring.ID]*wire.Signed // our signature over key metadata, for transfers
 	waiting           map[keyring.ID][]msgRef     // messages waiting for a key
-	keyReqs           map[keyring.ID]*keyRequest  // outstanding requests for keys
+	keyReqs           *keyRequestSchedule         // our requests for missing keys
 	order             *deliveryOrder              // per-sender delivery order
 	held              []heldEnvelope              // envelopes whose roster heads are unknown
 	reqBudget         map[peer.ID]*tokenBucket    // key requests accepted per requester
@@ -100,7 +100,7 @@ func (n *Node) startGroup(r *roster.Roster, left, isNew bool) (*Group, error) {
 		left:         left,
 		signedMeta:   make(map[keyring.ID]*wire.Signed),
 		waiting:      make(map[keyring.ID][]msgRef),
-		keyReqs:      make(map[keyring.ID]*keyRequest),
+		keyReqs:      newKeyRequestSchedule(n.params),
 		order:        newDeliveryOrder(n.params),
 		reqBudget:    make(map[peer.ID]*tokenBucket),
 		fetching:     make(map[peer.ID]bool),

@@ -203,27 +203,17 @@ func (g *Group) tick(now time.Time) time.Time {
 		}
 	}
 	if !g.left {
-		for id, r := range g.keyReqs {
-			if _, held := g.ring.Get(id); held {
-				delete(g.keyReqs, id)
-				continue
-			}
-			if now.Before(r.due) {
-				earliest(r.due)
-				continue
-			}
-			req, err := gossip.NewKeyRequest(g.n.rand, g.n.priv, g.id, id, r.attempts, now.UnixMilli())
+		ids, attempts, nextReq := g.keyReqs.due(now, func(id keyring.ID) bool {
+			_, held := g.ring.Get(id)
+			return held
+		})
+		earliest(nextReq)
+		for i, id := range ids {
+			req, err := gossip.NewKeyRequest(g.n.rand, g.n.priv, g.id, id, attempts[i], now.UnixMilli())
 			if err != nil {
 				continue
 			}
-			r.nonces = append(r.nonces, req.Nonce)
-			if len(r.nonces) > maxRememberedNonces {
-				r.nonces = r.nonces[1:]
-			}
-			backoff := g.n.params.KeyRequestDelay << min(r.attempts+1, 16)
-			r.attempts++
-			r.due = now.Add(min(backoff, g.n.params.KeyRequestMaxBackoff))
-			earliest(r.due)
+			earliest(g.keyReqs.sent(id, req.Nonce, now))
 			sends = append(sends, send{req})
 		}
 		if !g.ackAt.IsZero() {
@@ -265,8 +255,17 @@ func (g *Group) tick(now time.Time) time.Time {
 		}
 	}
 	if rotated != nil {
-		g.emitRotated(rotated)
-		g.distribute(rotated, nil)
+		// The key is durable before any member gets it.
+		ctx, cancel := context.WithTimeout(g.ctx, gossip.StreamTimeout)
+		err := g.n.syncDisk(ctx)
+		cancel()
+		if err != nil {
+			// Members ask for it (§9) once its messages reach them.
+			g.n.log.Warn("new key not durable; not pushed", "group", g.id.ShortString(), "err", err)
+		} else {
+			g.emitRotated(rotated)
+			g.distribute(rotated, nil)
+		}
 	}
 	for _, s := range sends {
 		if t == nil {

@@ -92,20 +92,82 @@ type keyRequest struct {
 
 const maxRememberedNonces = 8
 
-// wantKeyLocked schedules a request for a missing key, once per key ID; the
-// first waits KeyRequestDelay so a key already on its way can land first.
-func (g *Group) wantKeyLocked(id keyring.ID) {
-	if _, ok := g.keyReqs[id]; ok {
-		return
-	}
-	g.keyReqs[id] = &keyRequest{due: time.Now().Add(g.n.params.KeyRequestDelay)}
-	g.nudge()
+// keyRequestSchedule decides when this node asks for each key a message
+// of its waits for: first KeyRequestDelay after the key is wanted (a key
+// pushed to us may land first), then with a doubling delay capped at
+// KeyRequestMaxBackoff, until the key arrives. It remembers the nonces of
+// the latest requests, so that an answer can be told from an unsolicited
+// push. Pure bookkeeping, driven by the caller's clock (keyrequest_test.go);
+// the group holds it under its lock and signs and publishes the requests.
+type keyRequestSchedule struct {
+	delay, maxBackoff time.Duration
+	reqs              map[keyring.ID]*keyRequest
 }
 
-// answeredRequestLocked reports whether nonce belongs to one of our
-// requests for key id.
-func (g *Group) answeredRequestLocked(id keyring.ID, nonce []byte) bool {
-	r, ok := g.keyReqs[id]
+func newKeyRequestSchedule(p Params) *keyRequestSchedule {
+	return &keyRequestSchedule{delay: p.KeyRequestDelay, maxBackoff: p.KeyRequestMaxBackoff, reqs: make(map[keyring.ID]*keyRequest)}
+}
+
+// want schedules requests for id, once; it reports whether id is new.
+func (s *keyRequestSchedule) want(id keyring.ID, now time.Time) bool {
+	if _, ok := s.reqs[id]; ok {
+		return false
+	}
+	s.reqs[id] = &keyRequest{due: now.Add(s.delay)}
+	return true
+}
+
+// done forgets id: its key arrived.
+func (s *keyRequestSchedule) done(id keyring.ID) { delete(s.reqs, id) }
+
+// attempts returns how many requests for id were sent.
+func (s *keyRequestSchedule) attempts(id keyring.ID) uint32 {
+	if r := s.reqs[id]; r != nil {
+		return r.attempts
+	}
+	return 0
+}
+
+// due returns the keys to ask for now, with the attempt number each
+// request carries, and the next time one falls due (zero if none). Keys
+// held meanwhile are forgotten.
+func (s *keyRequestSchedule) due(now time.Time, held func(keyring.ID) bool) (ids []keyring.ID, attempts []uint32, next time.Time) {
+	for id, r := range s.reqs {
+		if held(id) {
+			delete(s.reqs, id)
+			continue
+		}
+		if now.Before(r.due) {
+			if next.IsZero() || r.due.Before(next) {
+				next = r.due
+			}
+			continue
+		}
+		ids, attempts = append(ids, id), append(attempts, r.attempts)
+	}
+	return ids, attempts, next
+}
+
+// sent records a request for id with nonce, made at now, and returns when
+// the next one is due.
+func (s *keyRequestSchedule) sent(id keyring.ID, nonce []byte, now time.Time) time.Time {
+	r := s.reqs[id]
+	if r == nil {
+		return time.Time{}
+	}
+	r.nonces = append(r.nonces, nonce)
+	if len(r.nonces) > maxRememberedNonces {
+		r.nonces = r.nonces[1:]
+	}
+	backoff := s.delay << min(r.attempts+1, 16)
+	r.attempts++
+	r.due = now.Add(min(backoff, s.maxBackoff))
+	return r.due
+}
+
+// isAnswer reports whether nonce belongs to one of our requests for id.
+func (s *keyRequestSchedule) isAnswer(id keyring.ID, nonce []byte) bool {
+	r, ok := s.reqs[id]
 	if !ok || len(nonce) == 0 {
 		return false
 	}
@@ -115,4 +177,18 @@ func (g *Group) answeredRequestLocked(id keyring.ID, nonce []byte) bool {
 		}
 	}
 	return false
+}
+
+// wantKeyLocked schedules a request for a missing key, once per key ID; the
+// first waits KeyRequestDelay so a key already on its way can land first.
+func (g *Group) wantKeyLocked(id keyring.ID) {
+	if g.keyReqs.want(id, time.Now()) {
+		g.nudge()
+	}
+}
+
+// answeredRequestLocked reports whether nonce belongs to one of our
+// requests for key id.
+func (g *Group) answeredRequestLocked(id keyring.ID, nonce []byte) bool {
+	return g.keyReqs.isAnswer(id, nonce)
 }

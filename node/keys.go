@@ -234,7 +234,7 @@ func (g *Group) keyEntitlementValidLocked(k *keyring.Key) bool {
 // keys of add ops that name it as parent, then decrypt and show the
 // messages that waited for it (and for the keys derived from it).
 func (g *Group) keyArrivedLocked(k *keyring.Key) {
-	delete(g.keyReqs, k.ID())
+	g.keyReqs.done(k.ID())
 	close(g.keyCh) // wake senders waiting for a key
 	g.keyCh = make(chan struct{})
 	for _, op := range g.roster.Ops() {

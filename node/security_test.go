@@ -366,8 +366,7 @@ func TestNewMemberCannotReadEarlierMessages(t *testing.T) {
 	eventually(t, 10*time.Second, "n has asked for the old key several times", func() bool {
 		ng.mu.Lock()
 		defer ng.mu.Unlock()
-		r := ng.keyReqs[oldKey]
-		return r != nil && r.attempts >= 3
+		return ng.keyReqs.attempts(oldKey) >= 3
 	})
 	if ng.HasKey(oldKey) {
 		t.Fatal("new member obtained the key of messages sent before it joined")
