@@ -42,8 +42,6 @@ type Handlers struct {
 type Streams struct {
 	host     host.Host
 	handlers Handlers
-	ctx      context.Context
-	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 	mu       sync.Mutex
 	closed   bool
@@ -61,8 +59,7 @@ func NewStreams(h host.Host, handlers Handlers) *Streams {
 	if handlers.Sync == nil {
 		handlers.Sync = func(peer.ID, *wire.SyncRequest) (*wire.SyncResponse, bool) { return nil, false }
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	s := &Streams{host: h, handlers: handlers, ctx: ctx, cancel: cancel}
+	s := &Streams{host: h, handlers: handlers}
 	h.SetStreamHandler(KeyProtocol, s.track(s.serveKey))
 	h.SetStreamHandler(RosterProtocol, s.track(s.serveRoster))
 	h.SetStreamHandler(SyncProtocol, s.track(s.serveSync))
@@ -81,7 +78,9 @@ func (s *Streams) Close() {
 	s.host.RemoveStreamHandler(KeyProtocol)
 	s.host.RemoveStreamHandler(RosterProtocol)
 	s.host.RemoveStreamHandler(SyncProtocol)
-	s.cancel()
+	// Running handlers finish their exchange (each stream has a
+	// StreamTimeout deadline, so a slow peer holds Close up that long at
+	// most).
 	s.wg.Wait()
 }
 
