@@ -254,9 +254,11 @@ func (g *Group) rosterChangedLocked() {
 	}
 	g.scheduleAckLocked(removed)
 	g.recheckHeldLocked()
-	if len(removed) > 0 && g.sendingKeyLocked() == nil && g.isDesignatedRotatorLocked(st) {
-		g.rotateAt = time.Now().Add(g.n.params.RotationGrace)
-		g.nudge()
+	if len(removed) > 0 && g.sendingKeyLocked() == nil {
+		if wait, ok := g.rotationDelayLocked(st); ok {
+			g.rotateAt = time.Now().Add(wait)
+			g.nudge()
+		}
 	}
 	g.noteSendingKeyLocked()
 }

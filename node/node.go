@@ -125,8 +125,9 @@ type Params struct {
 	KeyRequestDelay time.Duration
 	// KeyRequestMaxBackoff caps the doubling delay between repeated requests.
 	KeyRequestMaxBackoff time.Duration
-	// RotationGrace is how long the designated member waits for a qualifying
-	// key after someone else's removal before it rotates itself.
+	// RotationGrace is how long, per rank, a member waits for a
+	// qualifying key after someone else's removal before it rotates itself:
+	// the member at rank r by peer ID waits r+1 times this (§5.5).
 	RotationGrace time.Duration
 	// ReorderWindow is how long a message waits for an earlier message of
 	// the same sender before it is shown anyway.

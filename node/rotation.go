@@ -167,16 +167,20 @@ func (g *Group) derivedForLocked(id roster.OpID) *keyring.Key {
 	return nil
 }
 
-// isDesignatedRotatorLocked: after a shrink this node did not cause, the
-// current admin with the lowest peer ID rotates if no qualifying key
-// arrives within RotationGrace. Senders rotate lazily as a last resort.
-func (g *Group) isDesignatedRotatorLocked(st *roster.State) bool {
-	for _, m := range st.Members {
-		if m.Role == roster.RoleAdmin {
-			return m.ID == g.n.self
+// rotationDelayLocked is how long this node waits, after a shrink it did
+// not cause, for a qualifying key before it makes one itself: any remaining
+// member takes over, in turn. The member at rank r (by peer ID among the
+// current members, admins or not) waits RotationGrace·(r+1), so the first
+// that is alive rotates and the others get its key before their turn comes;
+// a remover that died mid-rotation (or the only admin) leaves no group
+// without a key.
+func (g *Group) rotationDelayLocked(st *roster.State) (time.Duration, bool) {
+	for r, m := range st.Members {
+		if m.ID == g.n.self {
+			return g.n.params.RotationGrace * time.Duration(r+1), true
 		}
 	}
-	return false
+	return 0, false
 }
 
 // noteSendingKeyLocked emits EventKeyRotated when the sending key changed.
