@@ -4,7 +4,9 @@ package node
 // view of an envelope (decrypted, waiting for its key, or undecryptable).
 
 import (
+	"cmp"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -15,7 +17,8 @@ import (
 	"github.com/p2pchat/p2pchat/wire"
 )
 
-// History returns every stored message in arrival order, decrypted where
+// History returns every stored message, each sender's in sequence order
+// and senders interleaved in arrival order (inSenderOrder), decrypted where
 // the key is held.
 func (g *Group) History() ([]Message, error) {
 	leave, err := g.n.life.enter()
@@ -59,7 +62,33 @@ func (g *Group) History() ([]Message, error) {
 			out = append(out, *m)
 		}
 	}
+	inSenderOrder(out)
 	return out, nil
+}
+
+// inSenderOrder reorders msgs (in arrival order) so that each sender's
+// messages come in sequence order, as the live view shows them, while the
+// interleaving of senders stays that of arrival: each sender's messages,
+// sorted by seq, fill the positions its messages held. The store's arrival
+// log is durable, so the order is the same on every call and restart.
+func inSenderOrder(msgs []Message) {
+	slots := make(map[peer.ID][]int)
+	for i, m := range msgs {
+		slots[m.Sender] = append(slots[m.Sender], i)
+	}
+	for _, idx := range slots {
+		if len(idx) < 2 {
+			continue
+		}
+		mine := make([]Message, len(idx))
+		for k, i := range idx {
+			mine[k] = msgs[i]
+		}
+		slices.SortStableFunc(mine, func(a, b Message) int { return cmp.Compare(a.Seq, b.Seq) })
+		for k, i := range idx {
+			msgs[i] = mine[k]
+		}
+	}
 }
 
 // loadEnvelope reads a stored envelope. Stored envelopes were verified when

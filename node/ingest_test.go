@@ -2,6 +2,8 @@ package node
 
 import (
 	"crypto/rand"
+	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -65,5 +67,47 @@ func TestMixedIngestBatchFetchesFromEachForwarder(t *testing.T) {
 	})
 	if n := logA.rosterFrom(x.ID()) - baseA; n > 0 {
 		t.Fatalf("x asked A, whose envelopes named known heads, for the roster %d times", n)
+	}
+}
+
+// TestHistoryShowsSenderOrderAfterDisorder: a member's messages stored out
+// of order (seq 3, then 1, then 2) come back from History, and again after
+// a restart, in sequence order.
+func TestHistoryShowsSenderOrderAfterDisorder(t *testing.T) {
+	x := newTestNode(t, t.TempDir())
+	m := newTestNode(t, "")
+	nodes := []*testNode{x, m}
+	connectAll(t, nodes)
+	gid := formGroup(t, nodes)
+	mg := m.mustGroup(gid)
+	key := keyByID(m.keys(gid), mg.SendingKeyID())
+	heads := m.rosterHeads(gid)
+	xg := x.mustGroup(gid)
+	for _, seq := range []uint64{3, 1, 2} {
+		xg.onEnvelope(m.ID(), sealAs(t, m.Node.priv, key, seq, 1, heads, fmt.Sprint("message ", seq)))
+	}
+	order := func(g *Group) []uint64 {
+		h, err := g.History()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var seqs []uint64
+		for _, msg := range h {
+			if msg.Sender == m.ID() {
+				seqs = append(seqs, msg.Seq)
+			}
+		}
+		return seqs
+	}
+	if got := order(xg); !slices.Equal(got, []uint64{1, 2, 3}) {
+		t.Fatalf("history lists m's messages as %v, want [1 2 3]", got)
+	}
+	dir := x.dir
+	if err := x.Close(); err != nil {
+		t.Fatal(err)
+	}
+	x2 := newTestNode(t, dir)
+	if got := order(x2.mustGroup(gid)); !slices.Equal(got, []uint64{1, 2, 3}) {
+		t.Fatalf("after a restart, history lists m's messages as %v, want [1 2 3]", got)
 	}
 }

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -104,5 +105,23 @@ func TestDeliveryOrder(t *testing.T) {
 	d.offer(msg(3), 0, false, t0)
 	if m, ok := d.waiting(alice, 3); !ok || m.Seq != 3 {
 		t.Fatal("the early message is not waiting")
+	}
+}
+
+// TestHistoryInSenderOrder: messages that arrived out of their sender's
+// order come back from History in sequence order per sender, in the
+// positions that sender's messages held (the interleaving of senders is
+// the arrival order).
+func TestHistoryInSenderOrder(t *testing.T) {
+	a, b := peer.ID("a"), peer.ID("b")
+	msgs := []Message{{Sender: a, Seq: 2}, {Sender: b, Seq: 1}, {Sender: a, Seq: 1}, {Sender: b, Seq: 3}, {Sender: a, Seq: 3}, {Sender: b, Seq: 2}}
+	inSenderOrder(msgs)
+	var got []string
+	for _, m := range msgs {
+		got = append(got, string(m.Sender)+fmt.Sprint(m.Seq))
+	}
+	want := []string{"a1", "b1", "a2", "b2", "a3", "b3"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("history order %v, want %v", got, want)
 	}
 }
