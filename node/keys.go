@@ -298,10 +298,20 @@ func (n *Node) handleRosterRequest(from peer.ID, group [32]byte) ([]*wire.Signed
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if !g.roster.IsMember(from) {
+	var ops []*roster.Op
+	switch {
+	case g.roster.IsMember(from):
+		ops = g.roster.Ops()
+	case g.countedOutLocked(from):
+		// A removed member (partitioned when it happened, say) learns its
+		// removal: the ops that removed it and their causal past, nothing
+		// that followed (§8.2).
+		if ops = g.roster.RemovalHistory(from); len(ops) == 0 {
+			return nil, false
+		}
+	default:
 		return nil, false
 	}
-	ops := g.roster.Ops()
 	out := make([]*wire.Signed, 0, len(ops))
 	for _, op := range ops {
 		out = append(out, op.Signed)

@@ -835,3 +835,29 @@ func (r *Roster) EverMember(p peer.ID) bool {
 	}
 	return false
 }
+
+// RemovalHistory returns, in the order of Ops, the ops in the causal
+// closure of every effective removal of p (a remove of p or its leave),
+// the removals included: what a peer that was removed needs in order to
+// learn it, and no op that followed its removals. Nil if p has no
+// effective removal.
+func (r *Roster) RemovalHistory(p peer.ID) []*Op {
+	res := r.resolution()
+	var ids []OpID
+	for _, i := range r.remsOf[p] {
+		if res.eff[i] {
+			ids = append(ids, r.nodes[i].op.ID)
+		}
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	set, _ := r.closure(ids)
+	var out []*Op
+	for _, op := range r.Ops() {
+		if set.has(r.byID[op.ID].idx) {
+			out = append(out, op)
+		}
+	}
+	return out
+}
