@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
 )
@@ -52,9 +53,29 @@ func Open(dir string) (*Store, error) {
 	return &Store{db: db}, nil
 }
 
-// Close flushes and closes the database. Call it once, after all other calls
-// have returned.
-func (s *Store) Close() error { return s.db.Close() }
+// CloseTimeout bounds Close. Badger's Close flushes the memtable and
+// retries a failed flush for ever, so on a home that turned read-only (or
+// a full disk) it would never return; every write was synced when it was
+// made, so nothing is lost when Close gives up.
+const CloseTimeout = 3 * time.Second
+
+// ErrCloseTimeout means the database could not be flushed and closed in
+// time; what was written before is on disk.
+var ErrCloseTimeout = errors.New("store: the database did not close in time (is the home read-only or the disk full?); every write made before was synced")
+
+// Close flushes and closes the database, giving up after CloseTimeout
+// (ErrCloseTimeout; badger's own goroutines are then left to the exiting
+// process). Call it once, after all other calls have returned.
+func (s *Store) Close() error {
+	done := make(chan error, 1)
+	go func() { done <- s.db.Close() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(CloseTimeout):
+		return ErrCloseTimeout
+	}
+}
 
 // Key layout. Every key starts with a one-byte table tag; group-scoped keys
 // continue with the 32-byte group ID.

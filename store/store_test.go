@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 )
 
 func gid(b byte) [32]byte { return [32]byte{b} }
@@ -270,5 +273,43 @@ func TestCommitBatch(t *testing.T) {
 	must(t, s.Keys(g, func([]byte) error { keys++; return nil }))
 	if keys != 1 {
 		t.Fatalf("%d keys", keys)
+	}
+}
+
+// TestCloseOnReadOnlyHome: when the database's folder turns read-only
+// under it (a remount, as a failing disk does), Close still returns, with
+// ErrCloseTimeout, instead of retrying the memtable flush for ever. It
+// needs root (a read-only bind mount), as CI runs.
+func TestCloseOnReadOnlyHome(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for a read-only bind mount (CI runs as root)")
+	}
+	dir := filepath.Join(t.TempDir(), "db")
+	s := open(t, dir)
+	g := gid(3)
+	for i := range 100 {
+		must(t, s.PutOp(g, [32]byte{byte(i)}, bytes.Repeat([]byte{1}, 512)))
+	}
+	if out, err := exec.Command("mount", "--bind", dir, dir).CombinedOutput(); err != nil {
+		t.Skipf("bind mount not available here: %v: %s", err, out)
+	}
+	mounted := true
+	unmount := func() {
+		if mounted {
+			_ = exec.Command("umount", dir).Run()
+			mounted = false
+		}
+	}
+	defer unmount()
+	if out, err := exec.Command("mount", "-o", "remount,bind,ro", dir).CombinedOutput(); err != nil {
+		t.Fatalf("remount read-only: %v: %s", err, out)
+	}
+	start := time.Now()
+	err := s.Close()
+	if took := time.Since(start); took > 3*CloseTimeout {
+		t.Fatalf("Close took %v", took)
+	}
+	if !errors.Is(err, ErrCloseTimeout) {
+		t.Fatalf("Close on a read-only home: %v, want ErrCloseTimeout", err)
 	}
 }

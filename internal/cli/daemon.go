@@ -95,7 +95,12 @@ func runDaemon(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	defer n.Close()
+	closed := false
+	defer func() {
+		if !closed {
+			_ = n.Close()
+		}
+	}()
 
 	ln, err := net.Listen("tcp", *apiAddr)
 	if err != nil {
@@ -138,6 +143,12 @@ func runDaemon(e *env, args []string) error {
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = srv.Shutdown(sctx)
+	closed = true
+	if err := n.Close(); err != nil {
+		// One line, and a non-zero exit: the home may have turned
+		// read-only or the disk be full; what was written before is safe.
+		return fmt.Errorf("stopping: %w", err)
+	}
 	return nil
 }
 
