@@ -71,7 +71,9 @@ func ancestry(ps []*node) ancSet {
 				}
 			}
 		}
-		buf.set(p.idx - base)
+		if p.idx >= base { // a redundant parent below the window is in the prefix already
+			buf.set(p.idx - base)
+		}
 	}
 	// Every index below lo is in; extend the prefix over the set bits.
 	all := lo

@@ -890,12 +890,8 @@ var attackFailing = flag.Bool("roster.attack", false, "run the TestIncrementalAt
 // whose op reaches Insert (or WouldRefuse, or Admit) can crash a node of a
 // group with 65 ops or more. Minimal DAG: create c; a_1..a_64, acks by the
 // founder, a_i on a_{i-1} (a_0 = c); x, an ack by the founder on {c, a_64}.
-// Failing (roster code is not changed here): runs with -roster.attack.
+// Fixed in ancestry: a redundant parent below the window is in the prefix.
 func TestIncrementalAttack_RedundantOldParent(t *testing.T) {
-	if !*attackFailing {
-		t.Log("known failure, not run: go test ./roster -run TestIncrementalAttack_RedundantOldParent -args -roster.attack")
-		return
-	}
 	d := newDAG(t, alice)
 	r := d.r
 	r.State()
