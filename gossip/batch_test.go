@@ -22,7 +22,7 @@ func batchMessage(envs ...*gossip.Envelope) *wire.TopicMessage {
 func TestEnvelopeBatchRoundTrip(t *testing.T) {
 	f := newFixture(t)
 	envs := []*gossip.Envelope{f.seal(t, 3, "a"), f.seal(t, 4, "b"), f.seal(t, 9, "c")}
-	in, err := gossip.DecodeInbound(encodeTopic(t, batchMessage(envs...)))
+	in, err := gossip.DecodeInbound(nil, encodeTopic(t, batchMessage(envs...)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,7 +38,7 @@ func TestEnvelopeBatchRoundTrip(t *testing.T) {
 			t.Fatalf("envelope %d opens to %v, %v", i, c, err)
 		}
 		// Each envelope of a batch stands alone: stored and synced as is.
-		if _, err := gossip.OpenEnvelope(e.Signed); err != nil {
+		if _, err := gossip.OpenEnvelope(nil, e.Signed); err != nil {
 			t.Fatalf("envelope %d alone: %v", i, err)
 		}
 	}
@@ -75,7 +75,7 @@ func TestEnvelopeBatchRejects(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		in, err := gossip.DecodeInbound(data)
+		in, err := gossip.DecodeInbound(nil, data)
 		if err == nil || in != nil {
 			t.Errorf("%s: accepted", name)
 			continue
@@ -125,7 +125,7 @@ func TestPackEnvelopes(t *testing.T) {
 			if err != nil {
 				t.Fatalf("%s: message does not encode: %v", c.name, err)
 			}
-			in, err := gossip.DecodeInbound(data)
+			in, err := gossip.DecodeInbound(nil, data)
 			if err != nil {
 				t.Fatalf("%s: message does not decode: %v", c.name, err)
 			}
@@ -162,7 +162,7 @@ func TestOpenEnvelopes(t *testing.T) {
 			ss = append(ss, other.seal(t, seq, "o").Signed)
 		}
 	}
-	out, errs := gossip.OpenEnvelopes(ss)
+	out, errs := gossip.OpenEnvelopes(nil, ss)
 	for i := range ss {
 		if errs[i] != nil || out[i] == nil || !proto.Equal(out[i].Signed, ss[i]) {
 			t.Fatalf("envelope %d: %v", i, errs[i])
@@ -174,7 +174,7 @@ func TestOpenEnvelopes(t *testing.T) {
 	bad.Signature[1] ^= 1
 	ss[5] = bad
 	ss[9] = nil
-	out, errs = gossip.OpenEnvelopes(ss)
+	out, errs = gossip.OpenEnvelopes(nil, ss)
 	for i := range ss {
 		failed := i == 5 || i == 9
 		if failed != (errs[i] != nil) || failed != (out[i] == nil) {

@@ -78,13 +78,14 @@ func SealEnvelopeFrom(rand io.Reader, priv crypto.PrivKey, key *keyring.Key, seq
 		RosterHeads: append([]roster.OpID(nil), heads...), Nonce: nonce, Ciphertext: ct, Signed: s}, nil
 }
 
-// OpenEnvelope verifies s and decodes the envelope inside. It does not decrypt.
-func OpenEnvelope(s *wire.Signed) (*Envelope, error) {
+// OpenEnvelope verifies s with v (nil: a Verifier that remembers nothing)
+// and decodes the envelope inside. It does not decrypt.
+func OpenEnvelope(v *wire.Verifier, s *wire.Signed) (*Envelope, error) {
 	if s != nil && len(s.Body) > MaxEnvelopeBody {
 		return nil, fmt.Errorf("%w: envelope of %d bytes", ErrTooLarge, len(s.Body))
 	}
 	var w wire.Envelope
-	signer, err := wire.Verify(s, wire.Kind_KIND_ENVELOPE, &w)
+	signer, err := v.Verify(s, wire.Kind_KIND_ENVELOPE, &w)
 	if err != nil {
 		return nil, err
 	}
@@ -94,7 +95,7 @@ func OpenEnvelope(s *wire.Signed) (*Envelope, error) {
 // OpenEnvelopeBatch verifies a batch's signatures together and decodes its
 // envelopes: 2 to MaxBatchEnvelopes of them, one sender, one group, in
 // increasing sequence order. Any bad envelope fails the whole batch.
-func OpenEnvelopeBatch(b *wire.EnvelopeBatch) ([]*Envelope, error) {
+func OpenEnvelopeBatch(v *wire.Verifier, b *wire.EnvelopeBatch) ([]*Envelope, error) {
 	if b == nil || len(b.Envelopes) < 2 || len(b.Envelopes) > MaxBatchEnvelopes {
 		return nil, fmt.Errorf("%w: batch of %d envelopes", ErrMalformed, len(b.GetEnvelopes()))
 	}
@@ -104,7 +105,7 @@ func OpenEnvelopeBatch(b *wire.EnvelopeBatch) ([]*Envelope, error) {
 		}
 	}
 	ws := make([]wire.Envelope, len(b.Envelopes))
-	signer, err := wire.VerifyBatch(b.Envelopes, wire.Kind_KIND_ENVELOPE, func(i int) proto.Message { return &ws[i] })
+	signer, err := v.VerifyBatch(b.Envelopes, wire.Kind_KIND_ENVELOPE, func(i int) proto.Message { return &ws[i] })
 	if err != nil {
 		return nil, err
 	}
@@ -126,14 +127,14 @@ func OpenEnvelopeBatch(b *wire.EnvelopeBatch) ([]*Envelope, error) {
 // stored history), checking each signer's signatures as batches. For each
 // i exactly one of out[i] and errs[i] is set; a failed batch is checked
 // envelope by envelope, so one bad envelope costs only itself.
-func OpenEnvelopes(ss []*wire.Signed) (out []*Envelope, errs []error) {
+func OpenEnvelopes(v *wire.Verifier, ss []*wire.Signed) (out []*Envelope, errs []error) {
 	out = make([]*Envelope, len(ss))
 	errs = make([]error, len(ss))
 	bySigner := make(map[string][]int)
 	var order []string
 	for i, s := range ss {
 		if s == nil || len(s.Body) > MaxEnvelopeBody {
-			out[i], errs[i] = OpenEnvelope(s)
+			out[i], errs[i] = OpenEnvelope(v, s)
 			continue
 		}
 		k := string(s.Signer)
@@ -152,10 +153,10 @@ func OpenEnvelopes(ss []*wire.Signed) (out []*Envelope, errs []error) {
 				batch[j] = ss[i]
 			}
 			ws := make([]wire.Envelope, len(chunk))
-			signer, err := wire.VerifyBatch(batch, wire.Kind_KIND_ENVELOPE, func(j int) proto.Message { return &ws[j] })
+			signer, err := v.VerifyBatch(batch, wire.Kind_KIND_ENVELOPE, func(j int) proto.Message { return &ws[j] })
 			for j, i := range chunk {
 				if err != nil {
-					out[i], errs[i] = OpenEnvelope(ss[i])
+					out[i], errs[i] = OpenEnvelope(v, ss[i])
 				} else {
 					out[i], errs[i] = envelopeFrom(signer, ss[i], &ws[j])
 				}
@@ -247,9 +248,9 @@ func NewKeyRequest(rand io.Reader, priv crypto.PrivKey, group roster.GroupID, id
 }
 
 // OpenKeyRequest verifies and decodes a key request.
-func OpenKeyRequest(s *wire.Signed) (*KeyRequest, error) {
+func OpenKeyRequest(v *wire.Verifier, s *wire.Signed) (*KeyRequest, error) {
 	var w wire.KeyRequest
-	signer, err := wire.Verify(s, wire.Kind_KIND_KEY_REQUEST, &w)
+	signer, err := v.Verify(s, wire.Kind_KIND_KEY_REQUEST, &w)
 	if err != nil {
 		return nil, err
 	}
@@ -275,12 +276,12 @@ func SignKeyMeta(priv crypto.PrivKey, m *keyring.Meta) (*wire.Signed, error) {
 }
 
 // OpenKeyMeta verifies signed key metadata and returns it with its signer.
-func OpenKeyMeta(s *wire.Signed) (keyring.Meta, peer.ID, error) {
+func OpenKeyMeta(v *wire.Verifier, s *wire.Signed) (keyring.Meta, peer.ID, error) {
 	var w wire.KeyMeta
-	signer, err := wire.Verify(s, wire.Kind_KIND_KEY_META, &w)
+	signer, err := v.Verify(s, wire.Kind_KIND_KEY_META, &w)
 	if err != nil {
 		return keyring.Meta{}, "", err
 	}
-	m, err := keyring.MetaFromWire(&w)
+	m, err := keyring.MetaFromWire(v, &w)
 	return m, signer, err
 }

@@ -31,7 +31,7 @@ func FuzzDecodeInbound(f *testing.F) {
 	f.Add([]byte{0x0a, 0x00})
 
 	f.Fuzz(func(t *testing.T, data []byte) {
-		in, err := gossip.DecodeInbound(data)
+		in, err := gossip.DecodeInbound(nil, data)
 		if err != nil {
 			if in != nil {
 				t.Fatal("a value was returned with the error")
@@ -98,14 +98,14 @@ func FuzzOpenKeyMeta(f *testing.F) {
 		if err := proto.Unmarshal(data, &s); err != nil {
 			return
 		}
-		m, signer, err := gossip.OpenKeyMeta(&s)
+		m, signer, err := gossip.OpenKeyMeta(nil, &s)
 		if err != nil {
 			return
 		}
 		if s.Kind != wire.Kind_KIND_KEY_META || string(signer) != string(s.Signer) {
 			t.Fatalf("accepted kind %v, signer %v for %x", s.Kind, signer, s.Signer)
 		}
-		m2, err := keyring.MetaFromWire(m.ToWire())
+		m2, err := keyring.MetaFromWire(nil, m.ToWire())
 		if err != nil {
 			t.Fatalf("accepted meta does not re-encode: %v", err)
 		}

@@ -136,7 +136,7 @@ func TestEnvelopeRoundTrip(t *testing.T) {
 	if err := proto.Unmarshal(b, &s); err != nil {
 		t.Fatal(err)
 	}
-	got, err := gossip.OpenEnvelope(&s)
+	got, err := gossip.OpenEnvelope(nil, &s)
 	if err != nil {
 		t.Fatalf("OpenEnvelope: %v", err)
 	}
@@ -181,7 +181,7 @@ func TestEnvelopeCiphertextBoundToSenderAndSeq(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			c := proto.Clone(&w).(*wire.Envelope)
 			mod(c)
-			forged, err := gossip.OpenEnvelope(mustSign(t, bobPriv, wire.Kind_KIND_ENVELOPE, c))
+			forged, err := gossip.OpenEnvelope(nil, mustSign(t, bobPriv, wire.Kind_KIND_ENVELOPE, c))
 			if err != nil {
 				t.Fatalf("control: a well-formed envelope by bob is refused: %v", err)
 			}
@@ -193,7 +193,7 @@ func TestEnvelopeCiphertextBoundToSenderAndSeq(t *testing.T) {
 	// Same sender, other seq.
 	c := proto.Clone(&w).(*wire.Envelope)
 	c.Seq = 4
-	replayed, err := gossip.OpenEnvelope(mustSign(t, f.priv, wire.Kind_KIND_ENVELOPE, c))
+	replayed, err := gossip.OpenEnvelope(nil, mustSign(t, f.priv, wire.Kind_KIND_ENVELOPE, c))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -235,11 +235,11 @@ func TestOpenEnvelopeRejects(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			w := f.wireEnvelope(t)
-			if _, err := gossip.OpenEnvelope(mustSign(t, f.priv, wire.Kind_KIND_ENVELOPE, w)); err != nil {
+			if _, err := gossip.OpenEnvelope(nil, mustSign(t, f.priv, wire.Kind_KIND_ENVELOPE, w)); err != nil {
 				t.Fatalf("control: %v", err)
 			}
 			c.mod(w)
-			e, err := gossip.OpenEnvelope(mustSign(t, c.priv, wire.Kind_KIND_ENVELOPE, w))
+			e, err := gossip.OpenEnvelope(nil, mustSign(t, c.priv, wire.Kind_KIND_ENVELOPE, w))
 			if !errors.Is(err, c.want) {
 				t.Fatalf("err = %v, want %v", err, c.want)
 			}
@@ -252,7 +252,7 @@ func TestOpenEnvelopeRejects(t *testing.T) {
 	// Exactly MaxRosterHeads is accepted.
 	w := f.wireEnvelope(t)
 	w.RosterHeads = heads(gossip.MaxRosterHeads)
-	if e, err := gossip.OpenEnvelope(mustSign(t, f.priv, wire.Kind_KIND_ENVELOPE, w)); err != nil || len(e.RosterHeads) != gossip.MaxRosterHeads {
+	if e, err := gossip.OpenEnvelope(nil, mustSign(t, f.priv, wire.Kind_KIND_ENVELOPE, w)); err != nil || len(e.RosterHeads) != gossip.MaxRosterHeads {
 		t.Fatalf("%d heads refused: %v", gossip.MaxRosterHeads, err)
 	}
 
@@ -266,7 +266,7 @@ func TestOpenEnvelopeRejects(t *testing.T) {
 	for name, mod := range tamper {
 		s := proto.Clone(good).(*wire.Signed)
 		mod(s)
-		if _, err := gossip.OpenEnvelope(s); !errors.Is(err, wire.ErrBadSignature) {
+		if _, err := gossip.OpenEnvelope(nil, s); !errors.Is(err, wire.ErrBadSignature) {
 			t.Errorf("tampered %s: err = %v, want ErrBadSignature", name, err)
 		}
 	}
@@ -275,10 +275,10 @@ func TestOpenEnvelopeRejects(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := gossip.OpenEnvelope(req.Signed); err == nil {
+	if _, err := gossip.OpenEnvelope(nil, req.Signed); err == nil {
 		t.Error("OpenEnvelope accepted a key request")
 	}
-	if _, err := gossip.OpenEnvelope(nil); err == nil {
+	if _, err := gossip.OpenEnvelope(nil, nil); err == nil {
 		t.Error("OpenEnvelope accepted nil")
 	}
 }
@@ -299,7 +299,7 @@ func TestSealEnvelopeTextBound(t *testing.T) {
 	if err != nil {
 		t.Fatalf("largest envelope does not fit a topic message: %v", err)
 	}
-	if _, err := gossip.DecodeInbound(b); err != nil {
+	if _, err := gossip.DecodeInbound(nil, b); err != nil {
 		t.Fatalf("largest envelope does not decode: %v", err)
 	}
 
@@ -341,7 +341,7 @@ func TestTopicMessageBounds(t *testing.T) {
 	if _, err := gossip.DecodeTopicMessage(raw); !errors.Is(err, gossip.ErrTooLarge) {
 		t.Fatalf("DecodeTopicMessage over the bound: err = %v, want ErrTooLarge", err)
 	}
-	if _, err := gossip.DecodeInbound(raw); !errors.Is(err, gossip.ErrTooLarge) {
+	if _, err := gossip.DecodeInbound(nil, raw); !errors.Is(err, gossip.ErrTooLarge) {
 		t.Fatalf("DecodeInbound over the bound: err = %v, want ErrTooLarge", err)
 	}
 
@@ -385,7 +385,7 @@ func TestTopicMessageBounds(t *testing.T) {
 		if name == "empty envelope" {
 			// An envelope field present but empty decodes to a payload; the
 			// signed message inside must then fail verification.
-			if _, err := gossip.DecodeInbound(data); err == nil {
+			if _, err := gossip.DecodeInbound(nil, data); err == nil {
 				t.Errorf("DecodeInbound(%s) succeeded", name)
 			}
 			continue
@@ -393,7 +393,7 @@ func TestTopicMessageBounds(t *testing.T) {
 		if _, err := gossip.DecodeTopicMessage(data); !errors.Is(err, gossip.ErrMalformed) {
 			t.Errorf("DecodeTopicMessage(%s): err = %v, want ErrMalformed", name, err)
 		}
-		if _, err := gossip.DecodeInbound(data); err == nil {
+		if _, err := gossip.DecodeInbound(nil, data); err == nil {
 			t.Errorf("DecodeInbound(%s) succeeded", name)
 		}
 	}
@@ -407,7 +407,7 @@ func TestDecodeInbound(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	in, err := gossip.DecodeInbound(encodeTopic(t, &wire.TopicMessage{Payload: &wire.TopicMessage_Envelope{Envelope: env.Signed}}))
+	in, err := gossip.DecodeInbound(nil, encodeTopic(t, &wire.TopicMessage{Payload: &wire.TopicMessage_Envelope{Envelope: env.Signed}}))
 	if err != nil || in.Envelope == nil || in.Op != nil || in.KeyRequest != nil {
 		t.Fatalf("envelope: %+v, %v", in, err)
 	}
@@ -415,7 +415,7 @@ func TestDecodeInbound(t *testing.T) {
 		t.Fatal("envelope fields lost")
 	}
 
-	in, err = gossip.DecodeInbound(encodeTopic(t, &wire.TopicMessage{Payload: &wire.TopicMessage_RosterOp{RosterOp: f.create.Signed}}))
+	in, err = gossip.DecodeInbound(nil, encodeTopic(t, &wire.TopicMessage{Payload: &wire.TopicMessage_RosterOp{RosterOp: f.create.Signed}}))
 	if err != nil || in.Op == nil || in.Envelope != nil || in.KeyRequest != nil {
 		t.Fatalf("roster op: %+v, %v", in, err)
 	}
@@ -423,7 +423,7 @@ func TestDecodeInbound(t *testing.T) {
 		t.Fatal("roster op fields lost")
 	}
 
-	in, err = gossip.DecodeInbound(encodeTopic(t, &wire.TopicMessage{Payload: &wire.TopicMessage_KeyRequest{KeyRequest: req.Signed}}))
+	in, err = gossip.DecodeInbound(nil, encodeTopic(t, &wire.TopicMessage{Payload: &wire.TopicMessage_KeyRequest{KeyRequest: req.Signed}}))
 	if err != nil || in.KeyRequest == nil || in.Envelope != nil || in.Op != nil {
 		t.Fatalf("key request: %+v, %v", in, err)
 	}
@@ -439,7 +439,7 @@ func TestDecodeInbound(t *testing.T) {
 		"roster op as envelope":    {Payload: &wire.TopicMessage_Envelope{Envelope: f.create.Signed}},
 		"roster op as key request": {Payload: &wire.TopicMessage_KeyRequest{KeyRequest: f.create.Signed}},
 	} {
-		if in, err := gossip.DecodeInbound(encodeTopic(t, m)); err == nil || in != nil {
+		if in, err := gossip.DecodeInbound(nil, encodeTopic(t, m)); err == nil || in != nil {
 			t.Errorf("%s: accepted", name)
 		}
 	}
@@ -462,7 +462,7 @@ func TestKeyRequestRoundTrip(t *testing.T) {
 		if err := proto.Unmarshal(b, &s); err != nil {
 			t.Fatal(err)
 		}
-		got, err := gossip.OpenKeyRequest(&s)
+		got, err := gossip.OpenKeyRequest(nil, &s)
 		if err != nil {
 			t.Fatalf("OpenKeyRequest: %v", err)
 		}
@@ -485,7 +485,7 @@ func TestOpenKeyRequestRejects(t *testing.T) {
 		return &wire.KeyRequest{GroupId: f.group[:], KeyId: f.key.Meta.KeyID[:], Requester: []byte(f.self),
 			Nonce: bytes.Repeat([]byte{1}, 16), SentAtMs: 5, Attempt: 1}
 	}
-	if _, err := gossip.OpenKeyRequest(mustSign(t, f.priv, wire.Kind_KIND_KEY_REQUEST, base())); err != nil {
+	if _, err := gossip.OpenKeyRequest(nil, mustSign(t, f.priv, wire.Kind_KIND_KEY_REQUEST, base())); err != nil {
 		t.Fatalf("control: %v", err)
 	}
 	cases := []struct {
@@ -505,7 +505,7 @@ func TestOpenKeyRequestRejects(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			r := base()
 			c.mod(r)
-			got, err := gossip.OpenKeyRequest(mustSign(t, c.priv, wire.Kind_KIND_KEY_REQUEST, r))
+			got, err := gossip.OpenKeyRequest(nil, mustSign(t, c.priv, wire.Kind_KIND_KEY_REQUEST, r))
 			if !errors.Is(err, gossip.ErrMalformed) || got != nil {
 				t.Fatalf("err = %v, want ErrMalformed", err)
 			}
@@ -513,7 +513,7 @@ func TestOpenKeyRequestRejects(t *testing.T) {
 	}
 	s := mustSign(t, f.priv, wire.Kind_KIND_KEY_REQUEST, base())
 	s.Body[0] ^= 1
-	if _, err := gossip.OpenKeyRequest(s); !errors.Is(err, wire.ErrBadSignature) {
+	if _, err := gossip.OpenKeyRequest(nil, s); !errors.Is(err, wire.ErrBadSignature) {
 		t.Fatalf("tampered: err = %v, want ErrBadSignature", err)
 	}
 }
@@ -531,7 +531,7 @@ func TestKeyMetaRoundTrip(t *testing.T) {
 	if err := proto.Unmarshal(b, &s2); err != nil {
 		t.Fatal(err)
 	}
-	m, signer, err := gossip.OpenKeyMeta(&s2)
+	m, signer, err := gossip.OpenKeyMeta(nil, &s2)
 	if err != nil {
 		t.Fatalf("OpenKeyMeta: %v", err)
 	}
@@ -549,15 +549,15 @@ func TestKeyMetaRoundTrip(t *testing.T) {
 	// Tampered, wrong kind, malformed content.
 	tampered := proto.Clone(s).(*wire.Signed)
 	tampered.Signature[0] ^= 1
-	if _, signer, err := gossip.OpenKeyMeta(tampered); !errors.Is(err, wire.ErrBadSignature) || signer != "" {
+	if _, signer, err := gossip.OpenKeyMeta(nil, tampered); !errors.Is(err, wire.ErrBadSignature) || signer != "" {
 		t.Errorf("tampered: err = %v signer %q", err, signer)
 	}
-	if _, _, err := gossip.OpenKeyMeta(f.seal(t, 1, "x").Signed); err == nil {
+	if _, _, err := gossip.OpenKeyMeta(nil, f.seal(t, 1, "x").Signed); err == nil {
 		t.Error("an envelope was accepted as key metadata")
 	}
 	bad := f.key.Meta.ToWire()
 	bad.Recipients = [][]byte{bad.Recipients[1], bad.Recipients[0]}
-	if _, _, err := gossip.OpenKeyMeta(mustSign(t, f.priv, wire.Kind_KIND_KEY_META, bad)); !errors.Is(err, keyring.ErrMalformedMeta) {
+	if _, _, err := gossip.OpenKeyMeta(nil, mustSign(t, f.priv, wire.Kind_KIND_KEY_META, bad)); !errors.Is(err, keyring.ErrMalformedMeta) {
 		t.Errorf("unsorted recipients: err = %v, want ErrMalformedMeta", err)
 	}
 }
@@ -750,7 +750,7 @@ func TestFetchRoster(t *testing.T) {
 		if !proto.Equal(got[i], ops[i]) {
 			t.Fatalf("op %d differs", i)
 		}
-		op, err := roster.Decode(got[i])
+		op, err := roster.Decode(nil, got[i])
 		if err != nil {
 			t.Fatalf("op %d does not verify after transfer: %v", i, err)
 		}

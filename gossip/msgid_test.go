@@ -135,7 +135,7 @@ func TestMessageIDReencodings(t *testing.T) {
 				}
 				seen[string(data)] = name
 				// Each is a message the validator accepts as the same payload.
-				in, err := gossip.DecodeInbound(data)
+				in, err := gossip.DecodeInbound(nil, data)
 				if err != nil {
 					t.Fatalf("%s: does not decode: %v", name, err)
 				}

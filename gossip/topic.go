@@ -43,7 +43,7 @@ const SubscriptionBuffer = 4096
 
 // JoinTopic joins group's topic on ps with a validator that decodes and
 // verifies every message, then asks policy.
-func JoinTopic(ps *pubsub.PubSub, group [32]byte, policy Policy) (*Topic, error) {
+func JoinTopic(ps *pubsub.PubSub, group [32]byte, v *wire.Verifier, policy Policy) (*Topic, error) {
 	name := TopicName(group)
 	validate := func(ctx context.Context, from peer.ID, m *pubsub.Message) pubsub.ValidationResult {
 		if _, ok := m.ValidatorData.(localPublish); ok {
@@ -52,7 +52,7 @@ func JoinTopic(ps *pubsub.PubSub, group [32]byte, policy Policy) (*Topic, error)
 			// Only a local Publish can set ValidatorData.
 			return pubsub.ValidationAccept
 		}
-		in, err := DecodeInbound(m.Data)
+		in, err := DecodeInbound(v, m.Data)
 		if err != nil {
 			return pubsub.ValidationReject
 		}
@@ -79,8 +79,9 @@ func JoinTopic(ps *pubsub.PubSub, group [32]byte, policy Policy) (*Topic, error)
 	return &Topic{ps: ps, name: name, t: t, sub: sub}, nil
 }
 
-// DecodeInbound decodes and verifies a topic message.
-func DecodeInbound(data []byte) (*Inbound, error) {
+// DecodeInbound decodes a topic message and verifies it with v (nil: a
+// Verifier that remembers nothing).
+func DecodeInbound(v *wire.Verifier, data []byte) (*Inbound, error) {
 	m, err := DecodeTopicMessage(data)
 	if err != nil {
 		return nil, err
@@ -88,13 +89,13 @@ func DecodeInbound(data []byte) (*Inbound, error) {
 	var in Inbound
 	switch p := m.Payload.(type) {
 	case *wire.TopicMessage_Envelope:
-		in.Envelope, err = OpenEnvelope(p.Envelope)
+		in.Envelope, err = OpenEnvelope(v, p.Envelope)
 	case *wire.TopicMessage_EnvelopeBatch:
-		in.Envelopes, err = OpenEnvelopeBatch(p.EnvelopeBatch)
+		in.Envelopes, err = OpenEnvelopeBatch(v, p.EnvelopeBatch)
 	case *wire.TopicMessage_RosterOp:
-		in.Op, err = roster.Decode(p.RosterOp)
+		in.Op, err = roster.Decode(v, p.RosterOp)
 	case *wire.TopicMessage_KeyRequest:
-		in.KeyRequest, err = OpenKeyRequest(p.KeyRequest)
+		in.KeyRequest, err = OpenKeyRequest(v, p.KeyRequest)
 	default:
 		err = fmt.Errorf("%w: unknown payload", ErrMalformed)
 	}

@@ -39,7 +39,7 @@ func FuzzMetaFromWire(f *testing.F) {
 		if err := proto.Unmarshal(data, &w); err != nil {
 			return
 		}
-		m, err := keyring.MetaFromWire(&w)
+		m, err := keyring.MetaFromWire(nil, &w)
 		if err != nil {
 			return
 		}
@@ -69,7 +69,7 @@ func FuzzMetaFromWire(f *testing.F) {
 		if err := proto.Unmarshal(b, &w2); err != nil {
 			t.Fatal(err)
 		}
-		m2, err := keyring.MetaFromWire(&w2)
+		m2, err := keyring.MetaFromWire(nil, &w2)
 		if err != nil {
 			t.Fatalf("re-encoded meta refused: %v", err)
 		}

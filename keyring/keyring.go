@@ -115,8 +115,9 @@ func (m *Meta) ToWire() *wire.KeyMeta {
 // maxRecipients bounds the recipients list read from the network.
 const maxRecipients = 4096
 
-// MetaFromWire validates and converts wire metadata.
-func MetaFromWire(w *wire.KeyMeta) (Meta, error) {
+// MetaFromWire validates and converts wire metadata, checking peer IDs with
+// v (nil: a Verifier that remembers nothing).
+func MetaFromWire(v *wire.Verifier, w *wire.KeyMeta) (Meta, error) {
 	var m Meta
 	var err error
 	if m.Group, err = roster.ParseOpID(w.GroupId); err != nil {
@@ -125,7 +126,7 @@ func MetaFromWire(w *wire.KeyMeta) (Meta, error) {
 	if m.KeyID, err = ParseID(w.KeyId); err != nil {
 		return m, err
 	}
-	if m.Creator, err = wire.ParsePeerID(w.Creator); err != nil {
+	if m.Creator, err = v.ParsePeerID(w.Creator); err != nil {
 		return m, fmt.Errorf("%w: creator", ErrMalformedMeta)
 	}
 	if len(w.RosterHeads) == 0 || len(w.RosterHeads) > roster.MaxParents {
@@ -147,7 +148,7 @@ func MetaFromWire(w *wire.KeyMeta) (Meta, error) {
 		return m, fmt.Errorf("%w: %d recipients", ErrMalformedMeta, len(w.Recipients))
 	}
 	for _, r := range w.Recipients {
-		p, err := wire.ParsePeerID(r)
+		p, err := v.ParsePeerID(r)
 		if err != nil {
 			return m, fmt.Errorf("%w: recipient", ErrMalformedMeta)
 		}

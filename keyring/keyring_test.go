@@ -494,7 +494,7 @@ func TestMetaWireRoundTrip(t *testing.T) {
 			if err := proto.Unmarshal(b, &w); err != nil {
 				t.Fatal(err)
 			}
-			got, err := keyring.MetaFromWire(&w)
+			got, err := keyring.MetaFromWire(nil, &w)
 			if err != nil {
 				t.Fatalf("MetaFromWire: %v", err)
 			}
@@ -564,11 +564,11 @@ func TestMetaFromWireRejects(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			w, _ := validWireMeta(t)
-			if _, err := keyring.MetaFromWire(w); err != nil {
+			if _, err := keyring.MetaFromWire(nil, w); err != nil {
 				t.Fatalf("control: %v", err)
 			}
 			c.mod(w)
-			if _, err := keyring.MetaFromWire(w); !errors.Is(err, keyring.ErrMalformedMeta) {
+			if _, err := keyring.MetaFromWire(nil, w); !errors.Is(err, keyring.ErrMalformedMeta) {
 				t.Fatalf("err = %v, want ErrMalformedMeta", err)
 			}
 		})
@@ -591,7 +591,7 @@ func TestMetaFromWireRecipientBound(t *testing.T) {
 	w, _ := validWireMeta(t)
 
 	w.Recipients = ids[:max]
-	m, err := keyring.MetaFromWire(w)
+	m, err := keyring.MetaFromWire(nil, w)
 	if err != nil {
 		t.Fatalf("%d recipients refused: %v", max, err)
 	}
@@ -599,7 +599,7 @@ func TestMetaFromWireRecipientBound(t *testing.T) {
 		t.Fatalf("got %d recipients", len(m.Recipients))
 	}
 	w.Recipients = ids
-	if _, err := keyring.MetaFromWire(w); !errors.Is(err, keyring.ErrMalformedMeta) {
+	if _, err := keyring.MetaFromWire(nil, w); !errors.Is(err, keyring.ErrMalformedMeta) {
 		t.Fatalf("%d recipients: err = %v, want ErrMalformedMeta", max+1, err)
 	}
 }

@@ -199,6 +199,7 @@ func BenchmarkCatchUp(b *testing.B) {
 //
 //	go test -run '^$' -bench BenchmarkPerMessageValidator -benchtime 2000x ./node
 func BenchmarkPerMessageValidator(b *testing.B) {
+	verifier := new(wire.Verifier) // as a node has: each signer checked and expanded once
 	memberKey, _ := testkeys.Peer(b, "p2pchat node bench", 1)
 	a := newTestNode(b, "")
 	m := newTestNodeWith(b, "", memberKey)
@@ -247,7 +248,7 @@ func BenchmarkPerMessageValidator(b *testing.B) {
 			b.ReportAllocs()
 			i := 0
 			for b.Loop() {
-				in, err := gossip.DecodeInbound(msgs[i%pool])
+				in, err := gossip.DecodeInbound(verifier, msgs[i%pool])
 				if err != nil {
 					b.Fatalf("DecodeInbound: %v", err)
 				}

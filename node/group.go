@@ -137,7 +137,7 @@ func (n *Node) startGroup(r *roster.Roster, left, isNew bool) (*Group, error) {
 	var peerEvents *pubsub.TopicEventHandler
 	var tctx context.Context
 	if !g.left {
-		t, err := gossip.JoinTopic(n.ps, g.id, g.policy)
+		t, err := gossip.JoinTopic(n.ps, g.id, n.verifier, g.policy)
 		if err != nil {
 			return nil, err
 		}

@@ -362,7 +362,7 @@ func (s *spy) listen(gid roster.GroupID) {
 			if err != nil {
 				return
 			}
-			in, err := gossip.DecodeInbound(m.Data)
+			in, err := gossip.DecodeInbound(nil, m.Data)
 			if err != nil {
 				continue
 			}

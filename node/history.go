@@ -47,7 +47,7 @@ func (g *Group) History() ([]Message, error) {
 	for i, rec := range recs {
 		signed[i] = rec.Envelope
 	}
-	envs, errs := gossip.OpenEnvelopes(signed)
+	envs, errs := gossip.OpenEnvelopes(g.n.verifier, signed)
 	var out []Message
 	for i, e := range envs {
 		if errs[i] != nil {
@@ -103,7 +103,7 @@ func (g *Group) loadEnvelope(sender peer.ID, seq uint64) (*gossip.Envelope, *wir
 	if err := proto.Unmarshal(b, &rec); err != nil {
 		return nil, nil, fmt.Errorf("message record: %w", err)
 	}
-	e, err := gossip.OpenEnvelope(rec.Envelope)
+	e, err := gossip.OpenEnvelope(g.n.verifier, rec.Envelope)
 	if err != nil {
 		return nil, nil, fmt.Errorf("stored envelope: %w", err)
 	}

@@ -32,7 +32,7 @@ const (
 // handleKeyTransfer receives a key over the key stream from an
 // authenticated peer and reports whether it was accepted.
 func (n *Node) handleKeyTransfer(from peer.ID, t *wire.KeyTransfer) bool {
-	meta, signer, err := gossip.OpenKeyMeta(t.Meta)
+	meta, signer, err := gossip.OpenKeyMeta(n.verifier, t.Meta)
 	if err != nil || signer != from {
 		return false
 	}
@@ -53,7 +53,7 @@ func (n *Node) handleKeyTransfer(from peer.ID, t *wire.KeyTransfer) bool {
 	if len(t.RosterOps) > 0 && len(t.RosterOps) <= roster.MaxParents && g.isMember(from) {
 		var ops []*roster.Op
 		for _, s := range t.RosterOps {
-			op, err := roster.Decode(s)
+			op, err := roster.Decode(n.verifier, s)
 			if err != nil || op.Group != g.id {
 				return false // a sender of forged ops gets nothing accepted
 			}

@@ -28,7 +28,7 @@ func (g *Group) Add(ctx context.Context, p peer.ID, role roster.Role) error {
 		return err
 	}
 	defer finish()
-	if _, _, err := wire.PeerKey([]byte(p)); err != nil {
+	if _, _, err := g.n.verifier.PeerKey([]byte(p)); err != nil {
 		return fmt.Errorf("add %s: %w", p, err)
 	}
 	g.mu.Lock()
@@ -363,7 +363,7 @@ func (g *Group) fetchRosterOps(ctx context.Context, from peer.ID) ([]*roster.Op,
 	g.mu.Unlock()
 	ops := make([]*roster.Op, 0, len(fresh))
 	for _, s := range fresh {
-		op, err := roster.Decode(s)
+		op, err := roster.Decode(g.n.verifier, s)
 		if err != nil {
 			return nil, err
 		}

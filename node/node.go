@@ -238,6 +238,11 @@ type Node struct {
 	events  *hub
 	stats   stats
 
+	// verifier checks every signature and peer ID this node reads, and
+	// remembers the identities that passed (the node's own table; nothing
+	// is shared with another node in the process).
+	verifier *wire.Verifier
+
 	ownsHost bool
 	ctx      context.Context // cancelled by Close; parent of every goroutine
 	cancel   context.CancelFunc
@@ -270,13 +275,14 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("node: %w", err)
 	}
 	n := &Node{
-		log:     cfg.Logger,
-		params:  cfg.Params.withDefaults(),
-		rand:    cfg.Rand,
-		events:  newHub(),
-		life:    newLifecycle(),
-		groups:  make(map[roster.GroupID]*Group),
-		byTopic: make(map[string]*Group),
+		log:      cfg.Logger,
+		params:   cfg.Params.withDefaults(),
+		rand:     cfg.Rand,
+		events:   newHub(),
+		life:     newLifecycle(),
+		verifier: new(wire.Verifier),
+		groups:   make(map[roster.GroupID]*Group),
+		byTopic:  make(map[string]*Group),
 	}
 	if n.log == nil {
 		n.log = slog.New(slog.DiscardHandler)
@@ -557,7 +563,7 @@ func (n *Node) JoinGroup(ctx context.Context, id roster.GroupID, via peer.AddrIn
 	if err != nil {
 		return nil, fmt.Errorf("fetch roster from %s: %w", via.ID.String(), err)
 	}
-	r, err := rosterFromSigned(id, signed)
+	r, err := n.rosterFromSigned(id, signed)
 	if err != nil {
 		return nil, fmt.Errorf("roster from %s: %w", via.ID.String(), err)
 	}
@@ -584,11 +590,11 @@ func (n *Node) JoinGroup(ctx context.Context, id roster.GroupID, via peer.AddrIn
 }
 
 // rosterFromSigned builds a roster from signed ops (verifying each).
-func rosterFromSigned(id roster.GroupID, signed []*wire.Signed) (*roster.Roster, error) {
+func (n *Node) rosterFromSigned(id roster.GroupID, signed []*wire.Signed) (*roster.Roster, error) {
 	var r *roster.Roster
 	var rest []*roster.Op
 	for _, s := range signed {
-		op, err := roster.Decode(s)
+		op, err := roster.Decode(n.verifier, s)
 		if err != nil {
 			return nil, err
 		}
@@ -645,7 +651,7 @@ func (n *Node) loadGroups() error {
 		if err != nil {
 			return fmt.Errorf("node: load roster: %w", err)
 		}
-		r, err := rosterFromSigned(s.id, signed)
+		r, err := n.rosterFromSigned(s.id, signed)
 		if err != nil {
 			return fmt.Errorf("node: load roster of %s: %w", s.id.ShortString(), err)
 		}

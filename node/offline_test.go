@@ -106,7 +106,7 @@ func TestHistoryNotServedBeforeJoin(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, s := range resp.Envelopes {
-			e, err := gossip.OpenEnvelope(s)
+			e, err := gossip.OpenEnvelope(nil, s)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -39,7 +39,7 @@ func TestRemovedAcrossPartitionLearnsIt(t *testing.T) {
 	}
 	removal := false
 	for _, s := range served {
-		op, err := roster.Decode(s)
+		op, err := roster.Decode(nil, s)
 		if err != nil {
 			t.Fatal(err)
 		}

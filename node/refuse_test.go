@@ -28,7 +28,7 @@ func (s *spy) requestKey(priv crypto.PrivKey, gid roster.GroupID, id keyring.ID)
 
 func (s *spy) transferred(id keyring.ID) bool {
 	for _, tr := range s.received() {
-		meta, _, err := gossip.OpenKeyMeta(tr.Meta)
+		meta, _, err := gossip.OpenKeyMeta(nil, tr.Meta)
 		if err == nil && meta.KeyID == id {
 			return true
 		}

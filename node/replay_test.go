@@ -87,7 +87,7 @@ func TestRewrappedReplayDeduplicated(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the stranger captured no key request")
 	}
-	if in, err := gossip.DecodeInbound(captured); err != nil || in.KeyRequest == nil || !bytes.Equal(in.KeyRequest.Nonce, req.Nonce) {
+	if in, err := gossip.DecodeInbound(nil, captured); err != nil || in.KeyRequest == nil || !bytes.Equal(in.KeyRequest.Nonce, req.Nonce) {
 		t.Fatalf("the stranger captured something else (%v)", err)
 	}
 
@@ -143,7 +143,7 @@ func TestRewrappedReplayDeduplicated(t *testing.T) {
 	// member's request, well within keyRequestMaxAge): the group must
 	// remember that it answered it. Handed to each holder as its reader
 	// would after pubsub delivered it.
-	in, err := gossip.DecodeInbound(rewrap(t, captured, replays+1))
+	in, err := gossip.DecodeInbound(nil, rewrap(t, captured, replays+1))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -328,7 +328,7 @@ func newStranger(t testing.TB, gid roster.GroupID) *stranger {
 			if err != nil {
 				return
 			}
-			if in, err := gossip.DecodeInbound(m.Data); err == nil && in.KeyRequest != nil {
+			if in, err := gossip.DecodeInbound(nil, m.Data); err == nil && in.KeyRequest != nil {
 				select {
 				case s.captured <- m.Data:
 				default:
@@ -381,7 +381,7 @@ type traceKey struct {
 func newReplayTracer() *replayTracer { return &replayTracer{n: make(map[traceKey]int)} }
 
 func (r *replayTracer) note(m *pubsub.Message, dup bool) {
-	in, err := gossip.DecodeInbound(m.Data)
+	in, err := gossip.DecodeInbound(nil, m.Data)
 	if err != nil || in.KeyRequest == nil || !rewrapped(m.Data) {
 		return
 	}

@@ -102,7 +102,7 @@ func (g *Group) loadKeys() error {
 			g.n.log.Warn("skipping unreadable key record", "group", g.id.ShortString(), "err", err)
 			return nil
 		}
-		meta, err := keyring.MetaFromWire(rec.Meta)
+		meta, err := keyring.MetaFromWire(g.n.verifier, rec.Meta)
 		if err != nil {
 			g.n.log.Warn("skipping key record with bad metadata", "group", g.id.ShortString(), "err", err)
 			return nil

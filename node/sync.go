@@ -248,7 +248,7 @@ func (g *Group) syncHistory(ctx context.Context, p peer.ID) error {
 		}
 		var envs []*gossip.Envelope
 		var invalid error // the first envelope refused: no further round
-		opened, errs := gossip.OpenEnvelopes(resp.Envelopes)
+		opened, errs := gossip.OpenEnvelopes(g.n.verifier, resp.Envelopes)
 		for i, e := range opened {
 			if errs[i] == nil && e.Group != g.id {
 				errs[i] = fmt.Errorf("envelope of group %s", e.Group.ShortString())

@@ -86,7 +86,7 @@ func FuzzDecodeBody(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, body []byte, signer uint8) {
 		priv := testPrivs[int(signer)%numTestKeys]
-		op, err := Decode(signOp(t, priv, body))
+		op, err := Decode(nil, signOp(t, priv, body))
 		if err != nil {
 			if !errors.Is(err, ErrMalformed) && !errors.Is(err, wire.ErrBadSignature) {
 				t.Fatalf("unexpected error class: %v", err)

@@ -327,28 +327,29 @@ func sign(priv crypto.PrivKey, author peer.ID, pb *wire.Op) (*Op, error) {
 	if err := proto.Unmarshal(s.Body, &back); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrMalformed, err)
 	}
-	return build(author, s, &back)
+	return build(nil, author, s, &back)
 }
 
-// Decode verifies the signature of s and only then decodes and checks the
-// op it carries. Errors wrap ErrMalformed or wire.ErrBadSignature.
-func Decode(s *wire.Signed) (*Op, error) {
+// Decode verifies the signature of s with v (nil: a Verifier that remembers
+// nothing) and only then decodes and checks the op it carries. Errors wrap
+// ErrMalformed or wire.ErrBadSignature.
+func Decode(v *wire.Verifier, s *wire.Signed) (*Op, error) {
 	if s == nil {
 		return nil, fmt.Errorf("%w: nil signed op", ErrMalformed)
 	}
 	var pb wire.Op
-	signer, err := wire.Verify(s, wire.Kind_KIND_ROSTER_OP, &pb)
+	signer, err := v.Verify(s, wire.Kind_KIND_ROSTER_OP, &pb)
 	if err != nil {
 		if errors.Is(err, wire.ErrBadSignature) {
 			return nil, fmt.Errorf("roster op: %w", err)
 		}
 		return nil, fmt.Errorf("%w: %w", ErrMalformed, err)
 	}
-	return build(signer, s, &pb)
+	return build(v, signer, s, &pb)
 }
 
 // build checks the structure of an authenticated op and converts it.
-func build(signer peer.ID, s *wire.Signed, pb *wire.Op) (*Op, error) {
+func build(v *wire.Verifier, signer peer.ID, s *wire.Signed, pb *wire.Op) (*Op, error) {
 	if err := checkEncoding(s.Body); err != nil {
 		return nil, err
 	}
@@ -410,7 +411,7 @@ func build(signer peer.ID, s *wire.Signed, pb *wire.Op) (*Op, error) {
 	switch a := pb.Action.(type) {
 	case *wire.Op_Add:
 		op.Kind = KindAdd
-		if op.Member, err = parseMember(a.Add.GetMember(), signer); err != nil {
+		if op.Member, err = parseMember(v, a.Add.GetMember(), signer); err != nil {
 			return nil, err
 		}
 		role, ok := roleFromWire(a.Add.GetRole())
@@ -424,7 +425,7 @@ func build(signer peer.ID, s *wire.Signed, pb *wire.Op) (*Op, error) {
 		op.ParentKeyID = bytes.Clone(a.Add.GetParentKeyId())
 	case *wire.Op_Remove:
 		op.Kind = KindRemove
-		if op.Member, err = parseMember(a.Remove.GetMember(), signer); err != nil {
+		if op.Member, err = parseMember(v, a.Remove.GetMember(), signer); err != nil {
 			return nil, err
 		}
 	case *wire.Op_Leave:
@@ -437,7 +438,7 @@ func build(signer peer.ID, s *wire.Signed, pb *wire.Op) (*Op, error) {
 		}
 		op.Marks = make([]Mark, 0, len(ms))
 		for _, m := range ms {
-			p, err := wire.ParsePeerID(m.GetPeer())
+			p, err := v.ParsePeerID(m.GetPeer())
 			if err != nil {
 				return nil, fmt.Errorf("%w: mark: %w", ErrMalformed, err)
 			}
@@ -455,8 +456,8 @@ func build(signer peer.ID, s *wire.Signed, pb *wire.Op) (*Op, error) {
 	return op, nil
 }
 
-func parseMember(b []byte, author peer.ID) (peer.ID, error) {
-	m, err := wire.ParsePeerID(b)
+func parseMember(v *wire.Verifier, b []byte, author peer.ID) (peer.ID, error) {
+	m, err := v.ParsePeerID(b)
 	if err != nil {
 		return "", fmt.Errorf("%w: member: %w", ErrMalformed, err)
 	}

@@ -123,7 +123,7 @@ func TestParseRoundTrip(t *testing.T) {
 			!sameIDs(got.Parents, op.Parents) || !bytes.Equal(got.Nonce, op.Nonce) {
 			t.Fatalf("round trip: got %+v, want %+v", got, op)
 		}
-		if _, err := Decode(op.Signed); err != nil {
+		if _, err := Decode(nil, op.Signed); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -144,7 +144,7 @@ func TestUnsortedParentsAccepted(t *testing.T) {
 		Parents: [][]byte{p[0][:], p[1][:]},
 		Action:  &wire.Op_Leave{Leave: &wire.Leave{}},
 	})
-	op, err := Decode(signOp(t, testPrivs[alice], body))
+	op, err := Decode(nil, signOp(t, testPrivs[alice], body))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -265,7 +265,7 @@ func TestForgedOpRejected(t *testing.T) {
 	}
 	for name, s := range malformed {
 		t.Run("malformed/"+name, func(t *testing.T) {
-			op, err := Decode(s)
+			op, err := Decode(nil, s)
 			if op != nil || !errors.Is(err, ErrMalformed) {
 				t.Fatalf("Decode = %v, %v; want ErrMalformed", op, err)
 			}
@@ -308,7 +308,7 @@ func TestForgedOpRejected(t *testing.T) {
 	}
 	for name, s := range badSig {
 		t.Run("badsig/"+name, func(t *testing.T) {
-			op, err := Decode(s)
+			op, err := Decode(nil, s)
 			if op != nil || !errors.Is(err, wire.ErrBadSignature) {
 				t.Fatalf("Decode = %v, %v; want ErrBadSignature", op, err)
 			}
@@ -329,7 +329,7 @@ func TestForgedOpRejected(t *testing.T) {
 		s := signOp(t, testPrivs[alice], make([]byte, wire.MaxSignedBody+1))
 		_, err := Parse(marshal(t, s))
 		mustErrIs(t, err, ErrMalformed)
-		_, err = Decode(s)
+		_, err = Decode(nil, s)
 		mustErrIs(t, err, ErrMalformed)
 	})
 	t.Run("constructors refuse bad input", func(t *testing.T) {

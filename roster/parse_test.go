@@ -23,5 +23,5 @@ func Parse(b []byte) (*Op, error) {
 	if err := proto.Unmarshal(b, &s); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrMalformed, err)
 	}
-	return Decode(&s)
+	return Decode(nil, &s)
 }

@@ -2,7 +2,6 @@ package wire
 
 import (
 	"fmt"
-	"sync"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -25,68 +24,14 @@ import (
 // tell them apart, and every p2pchat node treats those the same way.
 var verifyOptions = &voi.Options{Verify: voi.VerifyOptionsFIPS_186_5}
 
-// expandedKeys caches expanded public keys of signers whose signatures
-// verified, so a member's key is expanded once rather than per message.
-// Only keys that produced a valid signature enter it, so a flood of forged
-// signers cannot push members' keys out; when full it is emptied.
-var expandedKeys = keyCache{max: 1024}
-
-type keyCache struct {
-	mu   sync.Mutex
-	max  int
-	keys map[peer.ID]*voi.ExpandedPublicKey
-}
-
-func (c *keyCache) get(id peer.ID) *voi.ExpandedPublicKey {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.keys[id]
-}
-
-func (c *keyCache) put(id peer.ID, k *voi.ExpandedPublicKey) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.keys == nil || len(c.keys) >= c.max {
-		c.keys = make(map[peer.ID]*voi.ExpandedPublicKey)
-	}
-	c.keys[id] = k
-}
-
-// checkedKeys remembers peer IDs whose key passed checkPeerKey, so the
-// scalar multiplication is paid once per identity, not per message or per
-// recipient list; when full it is emptied. Only good keys enter it.
-var checkedKeys = idSet{max: 1 << 14}
-
-type idSet struct {
-	mu  sync.Mutex
-	max int
-	ids map[peer.ID]struct{}
-}
-
-func (s *idSet) has(id peer.ID) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	_, ok := s.ids[id]
-	return ok
-}
-
-func (s *idSet) add(id peer.ID) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.ids == nil || len(s.ids) >= s.max {
-		s.ids = make(map[peer.ID]struct{})
-	}
-	s.ids[id] = struct{}{}
-}
-
 // checkPeerKey refuses an Ed25519 key unless it is the canonical encoding
 // of a point A of the prime-order subgroup other than the identity:
 // [L]A = identity and A != identity. A small-order key, or one with a
 // small-order component, makes signatures that the cofactored and the
 // cofactorless equations judge differently (and a small-order key signs
 // every message at once), so it is no identity at all.
-func checkPeerKey(id peer.ID, pub crypto.PubKey) error {
-	if checkedKeys.has(id) {
+func (v *Verifier) checkPeerKey(id peer.ID, pub crypto.PubKey) error {
+	if v.knowsGoodKey(id) {
 		return nil
 	}
 	raw, err := pub.Raw()
@@ -104,14 +49,14 @@ func checkPeerKey(id peer.ID, pub crypto.PubKey) error {
 	if a.IsSmallOrder() || !a.IsTorsionFree() {
 		return fmt.Errorf("%w: %w", ErrBadSignature, ErrSmallOrderKey)
 	}
-	checkedKeys.add(id)
+	v.rememberGoodKey(id)
 	return nil
 }
 
-// expandedKey returns signer's expanded key: from the cache, or expanded
+// expandedKey returns signer's expanded key: from v's cache, or expanded
 // from pub (cached reports which; the caller caches it once it verified).
-func expandedKey(signer peer.ID, pub crypto.PubKey) (k *voi.ExpandedPublicKey, cached bool) {
-	if k := expandedKeys.get(signer); k != nil {
+func (v *Verifier) expandedKey(signer peer.ID, pub crypto.PubKey) (k *voi.ExpandedPublicKey, cached bool) {
+	if k := v.expandedFor(signer); k != nil {
 		return k, true
 	}
 	raw, err := pub.Raw()
@@ -126,13 +71,13 @@ func expandedKey(signer peer.ID, pub crypto.PubKey) (k *voi.ExpandedPublicKey, c
 }
 
 // verifyEd25519 reports whether sig is signer's signature over msg.
-func verifyEd25519(signer peer.ID, pub crypto.PubKey, msg, sig []byte) bool {
-	k, cached := expandedKey(signer, pub)
+func (v *Verifier) verifyEd25519(signer peer.ID, pub crypto.PubKey, msg, sig []byte) bool {
+	k, cached := v.expandedKey(signer, pub)
 	if k == nil || !voi.VerifyExpandedWithOptions(k, msg, sig, verifyOptions) {
 		return false
 	}
 	if !cached {
-		expandedKeys.put(signer, k)
+		v.rememberExpanded(signer, k)
 	}
 	return true
 }
@@ -157,26 +102,26 @@ func signEd25519(priv crypto.PrivKey, msg []byte) ([]byte, error) {
 // over msgs[i], checking them as one batch: one multi-scalar equation with
 // random weights, which no forged signature passes except with negligible
 // probability, at about half the cost of checking each alone.
-func verifyEd25519Batch(signer peer.ID, pub crypto.PubKey, msgs, sigs [][]byte) bool {
+func (v *Verifier) verifyEd25519Batch(signer peer.ID, pub crypto.PubKey, msgs, sigs [][]byte) bool {
 	if len(msgs) == 0 || len(msgs) != len(sigs) {
 		return false
 	}
 	if len(msgs) == 1 {
-		return verifyEd25519(signer, pub, msgs[0], sigs[0])
+		return v.verifyEd25519(signer, pub, msgs[0], sigs[0])
 	}
-	k, cached := expandedKey(signer, pub)
+	k, cached := v.expandedKey(signer, pub)
 	if k == nil {
 		return false
 	}
-	v := voi.NewBatchVerifier()
+	batch := voi.NewBatchVerifier()
 	for i := range msgs {
-		v.AddExpandedWithOptions(k, msgs[i], sigs[i], verifyOptions)
+		batch.AddExpandedWithOptions(k, msgs[i], sigs[i], verifyOptions)
 	}
-	if !v.VerifyBatchOnly(nil) { // nil: weights from crypto/rand
+	if !batch.VerifyBatchOnly(nil) { // nil: weights from crypto/rand
 		return false
 	}
 	if !cached {
-		expandedKeys.put(signer, k)
+		v.rememberExpanded(signer, k)
 	}
 	return true
 }

@@ -43,8 +43,9 @@ func TestVerifyEd25519(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Twice: the first call expands and caches the key, the second uses it.
+	var v Verifier
 	for range 2 {
-		if !verifyEd25519(id, priv.GetPublic(), msg, sig) {
+		if !v.verifyEd25519(id, priv.GetPublic(), msg, sig) {
 			t.Fatal("valid signature refused")
 		}
 	}
@@ -60,16 +61,16 @@ func TestVerifyEd25519(t *testing.T) {
 		{"long", msg, append(bytes.Clone(sig), 0)},
 		{"empty", msg, nil},
 	} {
-		if verifyEd25519(id, priv.GetPublic(), c.msg, c.sig) {
+		if v.verifyEd25519(id, priv.GetPublic(), c.msg, c.sig) {
 			t.Errorf("%s: accepted", c.name)
 		}
 	}
 	// A signer whose key did not verify a signature is not cached.
 	other, otherID := testkeys.Peer(t, "ed25519", 3)
-	if verifyEd25519(otherID, other.GetPublic(), msg, sig) {
+	if v.verifyEd25519(otherID, other.GetPublic(), msg, sig) {
 		t.Fatal("signature accepted under the wrong key")
 	}
-	if expandedKeys.get(otherID) != nil {
+	if v.expandedFor(otherID) != nil {
 		t.Fatal("a key that verified nothing was cached")
 	}
 }
@@ -104,7 +105,7 @@ func TestVerifyEquationIsCofactored(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := verifyEd25519(id, pub, msg, sig); got != c.want {
+		if got := (*Verifier)(nil).verifyEd25519(id, pub, msg, sig); got != c.want {
 			t.Errorf("%s: verified %v, want %v", c.name, got, c.want)
 		}
 	}

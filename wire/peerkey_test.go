@@ -125,6 +125,7 @@ func TestPeerKeyRefusesNonPoints(t *testing.T) {
 // passes, checked afresh (not from the cache) for 1000 of them.
 func TestPeerKeyAcceptsGeneratedKeys(t *testing.T) {
 	rng := testkeys.Reader("p2pchat wire peer keys", 1)
+	var v Verifier
 	for i := range 1000 {
 		priv, _, err := crypto.GenerateEd25519Key(rng)
 		if err != nil {
@@ -134,14 +135,14 @@ func TestPeerKeyAcceptsGeneratedKeys(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if checkedKeys.has(id) {
+		if v.knowsGoodKey(id) {
 			t.Fatalf("key %d already cached", i)
 		}
-		got, pub, err := PeerKey([]byte(id))
+		got, pub, err := v.PeerKey([]byte(id))
 		if err != nil || got != id || !pub.Equals(priv.GetPublic()) {
 			t.Fatalf("key %d (%s) refused: %v", i, id, err)
 		}
-		if !checkedKeys.has(id) {
+		if !v.knowsGoodKey(id) {
 			t.Fatalf("key %d not cached after passing", i)
 		}
 	}
@@ -158,7 +159,7 @@ func TestVerifyRefusesSmallOrderSigner(t *testing.T) {
 		t.Fatal(err)
 	}
 	sig := append(bytes.Clone(identity), make([]byte, 32)...)
-	if !verifyEd25519(id, pub, []byte("anything"), sig) {
+	if !(*Verifier)(nil).verifyEd25519(id, pub, []byte("anything"), sig) {
 		t.Fatal("setup: the equation does not accept the universal forgery")
 	}
 	s := &Signed{Kind: Kind_KIND_ENVELOPE, Body: []byte{0x18, 0x01}, Signature: sig, Signer: []byte(id)}
@@ -219,7 +220,7 @@ func TestMixedOrderRStillSplitsEquations(t *testing.T) {
 	if _, _, err := PeerKey([]byte(id)); err != nil {
 		t.Fatalf("the key is honest: %v", err)
 	}
-	if !verifyEd25519(id, priv.GetPublic(), msg, sig) {
+	if !(*Verifier)(nil).verifyEd25519(id, priv.GetPublic(), msg, sig) {
 		t.Fatal("cofactored verification refuses the mixed-order-R signature")
 	}
 	if ed25519.Verify(ed25519.PublicKey(pubRaw), msg, sig) {

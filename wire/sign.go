@@ -75,12 +75,18 @@ func Sign(priv crypto.PrivKey, kind Kind, body proto.Message) (*Signed, error) {
 
 // Verify checks that s is of the given kind and that its signature verifies
 // under the Ed25519 key embedded in s.Signer. Only then does it decode the
-// body into into. It returns the authenticated signer.
+// body into into. It returns the authenticated signer. It remembers nothing:
+// a node checking many messages uses a Verifier.
 func Verify(s *Signed, kind Kind, into proto.Message) (peer.ID, error) {
+	return (*Verifier)(nil).Verify(s, kind, into)
+}
+
+// Verify is the package's Verify, reusing the keys v has already checked.
+func (v *Verifier) Verify(s *Signed, kind Kind, into proto.Message) (peer.ID, error) {
 	if err := checkShape(s, kind); err != nil {
 		return "", err
 	}
-	signer, pub, err := PeerKey(s.Signer)
+	signer, pub, err := v.PeerKey(s.Signer)
 	if err != nil {
 		return "", err
 	}
@@ -88,7 +94,7 @@ func Verify(s *Signed, kind Kind, into proto.Message) (peer.ID, error) {
 	if err != nil {
 		return "", err
 	}
-	if !verifyEd25519(signer, pub, in, s.Signature) {
+	if !v.verifyEd25519(signer, pub, in, s.Signature) {
 		return "", ErrBadSignature
 	}
 	if err := proto.Unmarshal(s.Body, into); err != nil {
@@ -118,6 +124,11 @@ func checkShape(s *Signed, kind Kind) error {
 // prime-order subgroup other than the identity (ErrSmallOrderKey for a
 // small-order point or a point with a small-order component).
 func PeerKey(b []byte) (peer.ID, crypto.PubKey, error) {
+	return (*Verifier)(nil).PeerKey(b)
+}
+
+// PeerKey is the package's PeerKey, checking each identity's key once.
+func (v *Verifier) PeerKey(b []byte) (peer.ID, crypto.PubKey, error) {
 	id, err := peer.IDFromBytes(b)
 	if err != nil {
 		return "", nil, fmt.Errorf("%w: bad peer id", ErrBadSignature)
@@ -126,7 +137,7 @@ func PeerKey(b []byte) (peer.ID, crypto.PubKey, error) {
 	if err != nil || pub.Type() != crypto.Ed25519 {
 		return "", nil, fmt.Errorf("%w: peer id does not embed an Ed25519 key", ErrBadSignature)
 	}
-	if err := checkPeerKey(id, pub); err != nil {
+	if err := v.checkPeerKey(id, pub); err != nil {
 		return "", nil, err
 	}
 	return id, pub, nil
@@ -134,7 +145,13 @@ func PeerKey(b []byte) (peer.ID, crypto.PubKey, error) {
 
 // ParsePeerID parses b as an Ed25519 peer ID.
 func ParsePeerID(b []byte) (peer.ID, error) {
-	id, _, err := PeerKey(b)
+	return (*Verifier)(nil).ParsePeerID(b)
+}
+
+// ParsePeerID is the package's ParsePeerID, checking each identity's key
+// once.
+func (v *Verifier) ParsePeerID(b []byte) (peer.ID, error) {
+	id, _, err := v.PeerKey(b)
 	if err != nil {
 		if errors.Is(err, ErrSmallOrderKey) {
 			return "", fmt.Errorf("%w: %w", ErrMalformed, ErrSmallOrderKey)
@@ -152,6 +169,12 @@ const MaxBatch = 256
 // every one verifies are the bodies decoded, body i into into(i). One bad
 // signature fails the whole batch. It returns the authenticated signer.
 func VerifyBatch(ss []*Signed, kind Kind, into func(i int) proto.Message) (peer.ID, error) {
+	return (*Verifier)(nil).VerifyBatch(ss, kind, into)
+}
+
+// VerifyBatch is the package's VerifyBatch, reusing the keys v has already
+// checked.
+func (v *Verifier) VerifyBatch(ss []*Signed, kind Kind, into func(i int) proto.Message) (peer.ID, error) {
 	if len(ss) == 0 || len(ss) > MaxBatch {
 		return "", fmt.Errorf("%w: batch of %d signed messages", ErrMalformed, len(ss))
 	}
@@ -170,11 +193,11 @@ func VerifyBatch(ss []*Signed, kind Kind, into func(i int) proto.Message) (peer.
 		}
 		msgs[i], sigs[i] = in, s.Signature
 	}
-	signer, pub, err := PeerKey(ss[0].Signer)
+	signer, pub, err := v.PeerKey(ss[0].Signer)
 	if err != nil {
 		return "", err
 	}
-	if !verifyEd25519Batch(signer, pub, msgs, sigs) {
+	if !v.verifyEd25519Batch(signer, pub, msgs, sigs) {
 		return "", ErrBadSignature
 	}
 	for i, s := range ss {
