@@ -42,11 +42,9 @@ type Group struct {
 	ingestMu sync.Mutex // serializes storing and showing messages; taken before mu
 	sendMu   sync.Mutex // serializes our own sends (Send); taken before mu
 
-	// Our envelopes, stored, waiting for publishLoop; appended under mu so
-	// they leave in sequence order.
-	outMu   sync.Mutex
-	outQ    []*wire.Signed
-	outWake chan struct{}
+	// out publishes our stored envelopes; pushed to under mu, so they
+	// leave in sequence order. Set while the topic is joined.
+	out *outbox
 
 	mu                sync.Mutex
 	roster            *roster.Roster
@@ -94,7 +92,6 @@ func (n *Node) startGroup(r *roster.Roster, left, isNew bool) (*Group, error) {
 		n:            n,
 		id:           r.ID(),
 		wake:         make(chan struct{}, 1),
-		outWake:      make(chan struct{}, 1),
 		roster:       r,
 		ring:         keyring.NewRing(r.ID()),
 		left:         left,
@@ -146,6 +143,10 @@ func (n *Node) startGroup(r *roster.Roster, left, isNew bool) (*Group, error) {
 			return nil, err
 		}
 		g.topic = t
+		g.out = newOutbox(t.Publish, n.params, n.log.With("group", g.id.ShortString()), func(msgs, envs uint64) {
+			n.stats.topicMessagesSent.Add(msgs)
+			n.stats.envelopesPublished.Add(envs)
+		})
 		tctx, g.topicCancel = context.WithCancel(g.ctx)
 		g.topicWG.Add(4)
 		g.wg.Add(2)
@@ -164,7 +165,10 @@ func (n *Node) startGroup(r *roster.Roster, left, isNew bool) (*Group, error) {
 	if g.topic != nil {
 		go g.readLoop(tctx, g.topic)
 		go g.ingestLoop(tctx)
-		go g.publishLoop(tctx, g.topic)
+		go func() {
+			defer g.topicWG.Done()
+			g.out.run(tctx)
+		}()
 		go g.peerLoop(tctx, peerEvents)
 		go g.timerLoop()
 		go g.requestMissingKeys()

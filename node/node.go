@@ -17,7 +17,7 @@
 // events.go: the event hub. Per group: group.go holds the Group's state and
 // its goroutines' lifecycle; validate.go the topic validator; inbound.go the
 // topic reader, ingest and the timer loop; order.go per-sender delivery
-// order; send.go the send path and publisher; history.go reading stored
+// order; send.go the send path; outbox.go our envelopes until published; history.go reading stored
 // messages; membership.go Add, Remove, Leave and roster ops from peers;
 // finality.go acks and the departed-sender rule; rotation.go our keys and
 // their distribution; keys.go keys received from peers; keyrequest.go key
@@ -25,7 +25,7 @@
 // sync.
 //
 // Locks, in the order they may be taken: Group.sendMu, Group.ingestMu,
-// Group.mu, Group.outMu. Group.mu is never held across disk or network I/O
+// Group.mu, outbox.mu. Group.mu is never held across disk or network I/O
 // or a call into pubsub; the validator takes it only briefly.
 package node
 

@@ -1,8 +1,8 @@
 package node
 
 // The send path: Send (one at a time under sendMu; the group lock only to
-// pick key and heads), the outbox and publishLoop, which batches our stored
-// envelopes onto the topic in sequence order.
+// pick key and heads) stores an envelope and pushes it to the group's
+// outbox (outbox.go), which publishes it.
 
 import (
 	"context"
@@ -138,7 +138,7 @@ func (g *Group) Send(ctx context.Context, text string) (*Message, error) {
 	g.noteStoredLocked(g.n.self, seq)
 	g.noteDeliveredLocked(g.n.self, seq)
 	if g.topic != nil {
-		g.enqueuePublish(env.Signed)
+		g.out.push(env.Signed)
 	}
 	g.mu.Unlock()
 
@@ -148,96 +148,4 @@ func (g *Group) Send(ctx context.Context, text string) (*Message, error) {
 	}
 	g.n.events.publish(Event{Kind: EventMessage, Group: g.id, Message: msg})
 	return msg, nil
-}
-
-// maxOutbox bounds the envelopes waiting to be published. They are stored
-// already, so dropping the oldest (when the topic cannot keep up) loses
-// nothing: history sync delivers them.
-const maxOutbox = 4096
-
-// enqueuePublish hands a stored envelope to publishLoop.
-func (g *Group) enqueuePublish(s *wire.Signed) {
-	g.outMu.Lock()
-	if len(g.outQ) >= maxOutbox {
-		g.outQ = g.outQ[1:]
-		g.n.log.Debug("outbox full: oldest envelope left to history sync", "group", g.id.ShortString())
-	}
-	g.outQ = append(g.outQ, s)
-	g.outMu.Unlock()
-	select {
-	case g.outWake <- struct{}{}:
-	default:
-	}
-}
-
-func (g *Group) takeOutbox() []*wire.Signed {
-	g.outMu.Lock()
-	defer g.outMu.Unlock()
-	q := g.outQ
-	g.outQ = nil
-	return q
-}
-
-// publishLoop publishes our envelopes in sequence order. A send after a
-// quiet spell leaves at once; sends that follow within PublishInterval wait
-// for it and leave together, up to PublishBatch per topic message, which is
-// what makes a burst cheap for GossipSub and for every receiver. On stop it
-// publishes what is left, briefly: what it cannot, history sync delivers.
-func (g *Group) publishLoop(ctx context.Context, t *gossip.Topic) {
-	defer g.topicWG.Done()
-	// publish sends what is queued now; what queues meanwhile has woken
-	// the loop and waits for the next interval.
-	publish := func(ctx context.Context) (sent bool) {
-		envs := g.takeOutbox()
-		for _, m := range gossip.PackEnvelopes(envs, g.n.params.PublishBatch) {
-			if err := t.Publish(ctx, m); err != nil {
-				g.n.log.Warn("publish failed", "group", g.id.ShortString(), "err", err)
-				if ctx.Err() != nil {
-					return
-				}
-				continue
-			}
-			n := uint64(1)
-			if b := m.GetEnvelopeBatch(); b != nil {
-				n = uint64(len(b.Envelopes))
-			}
-			g.n.stats.topicMessagesSent.Add(1)
-			g.n.stats.envelopesPublished.Add(n)
-		}
-		return len(envs) > 0
-	}
-	flush := func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		for ctx.Err() == nil && publish(ctx) {
-		}
-	}
-	linger := g.n.params.PublishInterval
-	if g.n.params.PublishBatch <= 1 {
-		linger = 0
-	}
-	var last time.Time
-	timer := time.NewTimer(0)
-	<-timer.C
-	defer timer.Stop()
-	for {
-		select {
-		case <-g.outWake:
-		case <-ctx.Done():
-			flush()
-			return
-		}
-		if wait := linger - time.Since(last); wait > 0 {
-			timer.Reset(wait)
-			select {
-			case <-timer.C:
-			case <-ctx.Done():
-				flush()
-				return
-			}
-		}
-		if publish(ctx) {
-			last = time.Now()
-		}
-	}
 }
