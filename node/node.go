@@ -71,6 +71,12 @@ var (
 	ErrAlreadyMember = errors.New("already a member")
 	// ErrTooLarge means a message over the size limit.
 	ErrTooLarge = gossip.ErrTooLarge
+	// ErrDiskFull means the home's filesystem is below Config.MinFreeDisk:
+	// the write was refused and nothing was lost (a send that returns it
+	// sent nothing). Reads go on, and writes resume by themselves when
+	// space returns. Errors wrapping it are *store.DiskFullError, with the
+	// figures.
+	ErrDiskFull = store.ErrDiskFull
 )
 
 // Config configures a Node. The zero value works: a fresh in-memory node on
@@ -79,6 +85,11 @@ type Config struct {
 	// Dir holds the identity and the database. Empty keeps everything in
 	// memory (state is lost on Close).
 	Dir string
+	// MinFreeDisk is the free space, in bytes, that the node keeps on Dir's
+	// filesystem: below it every write (a send, a received message, a key)
+	// is refused with ErrDiskFull rather than crash the database on a full
+	// disk. Zero means store.DefaultMinFree.
+	MinFreeDisk uint64
 	// Identity overrides the identity stored in Dir. It must be Ed25519.
 	Identity crypto.PrivKey
 	// Host and PubSub let an embedding program supply its own. Both or
@@ -350,7 +361,14 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		}
 		dbDir = filepath.Join(cfg.Dir, "data")
 	}
-	if n.store, err = store.Open(dbDir); err != nil {
+	storeOpts := store.Options{MinFree: cfg.MinFreeDisk, OnSpace: func(low bool, free uint64) {
+		if low {
+			n.log.Warn("disk almost full: writes refused until space returns", "free_mib", free>>20)
+		} else {
+			n.log.Info("disk space back: writes resume", "free_mib", free>>20)
+		}
+	}}
+	if n.store, err = store.OpenWith(dbDir, storeOpts); err != nil {
 		return nil, fmt.Errorf("node: %w", err)
 	}
 	n.disk = newWriter(n.store, n.log)

@@ -3,7 +3,9 @@ package node
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"time"
 
@@ -391,7 +393,13 @@ func (g *Group) ingest(from peer.ID, envs []*gossip.Envelope) (added int) {
 	}
 	stored, err := g.n.store.PutMessages(g.id, batch)
 	if err != nil {
-		g.n.log.Warn("store messages", "group", g.id.ShortString(), "err", err)
+		// Not stored, not shown: the sender and every member still hold
+		// them, and history sync fetches them once they can be stored.
+		level := slog.LevelWarn
+		if errors.Is(err, store.ErrDiskFull) {
+			level = slog.LevelDebug // the store reported the full disk once
+		}
+		g.n.log.Log(context.Background(), level, "store messages", "group", g.id.ShortString(), "err", err)
 		return 0
 	}
 	var bad []*gossip.Envelope

@@ -2,8 +2,10 @@ package node
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/p2pchat/p2pchat/store"
 )
@@ -32,7 +34,14 @@ type writer struct {
 	wake    chan struct{}
 	synced  *sync.Cond // broadcast when durable or failed changes
 	closing bool
-	done    chan struct{}
+	closed  chan struct{} // closed by close: a writer waiting for space stops waiting
+	// retryNow cuts a wait for space short (a waiter saw space return).
+	retryNow chan struct{}
+	done     chan struct{}
+	// full is the error of the last commit, refused for lack of space
+	// (store.ErrDiskFull); nil once a commit succeeds. Its writes stay
+	// queued and are committed when space returns.
+	full error
 	// beforeCommit, when set (by tests, under mu), runs before each commit:
 	// a stalled disk.
 	beforeCommit func()
@@ -44,11 +53,15 @@ type failedRange struct {
 	err      error
 }
 
+// diskFullRetry is how often a writer holding writes refused for lack of
+// space tries again.
+const diskFullRetry = 500 * time.Millisecond
+
 // maxFailedRanges bounds the failures remembered for late waiters.
 const maxFailedRanges = 64
 
 func newWriter(s *store.Store, log *slog.Logger) *writer {
-	w := &writer{store: s, log: log, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	w := &writer{store: s, log: log, wake: make(chan struct{}, 1), closed: make(chan struct{}), retryNow: make(chan struct{}, 1), done: make(chan struct{})}
 	w.synced = sync.NewCond(&w.mu)
 	go w.run()
 	return w
@@ -93,6 +106,19 @@ func (w *writer) sync(ctx context.Context, t uint64) error {
 		if err := w.failedFor(t); err != nil {
 			return err
 		}
+		if w.full != nil {
+			// A statfs under w.mu, only while the disk is full: cheap
+			// metadata, never a write or a sync.
+			if err := w.store.CheckSpace(); err != nil {
+				return err // kept for a retry, but not durable now: say so at once
+			}
+			// Space is back: have the writer try now rather than at its
+			// next retry, and wait for it.
+			select {
+			case w.retryNow <- struct{}{}:
+			default:
+			}
+		}
 		if err := ctx.Err(); err != nil {
 			return err
 		}
@@ -135,6 +161,28 @@ func (w *writer) run() {
 		err := w.store.Commit(batch)
 
 		w.mu.Lock()
+		if errors.Is(err, store.ErrDiskFull) && !w.closing {
+			// Nothing of the batch was written. Keep it, ahead of what was
+			// queued since, and try again when there may be room: a full
+			// disk loses no write the node has acted on.
+			if w.full == nil {
+				w.log.Warn("writes wait for disk space", "err", err)
+			}
+			w.full = err
+			w.queue = append(batch, w.queue...)
+			w.synced.Broadcast()
+			w.mu.Unlock()
+			select {
+			case <-time.After(diskFullRetry):
+			case <-w.retryNow:
+			case <-w.closed:
+			}
+			continue
+		}
+		if w.full != nil && err == nil {
+			w.log.Info("disk space back: queued writes committed")
+		}
+		w.full = nil
 		if err != nil {
 			w.log.Warn("write to the store failed", "writes", len(batch), "err", err)
 			if len(w.failed) == maxFailedRanges {
@@ -154,6 +202,7 @@ func (w *writer) close() {
 	w.mu.Lock()
 	w.closing = true
 	w.mu.Unlock()
+	close(w.closed)
 	select {
 	case w.wake <- struct{}{}:
 	default:

@@ -3,8 +3,10 @@
 //
 // It stores bytes and knows no protocol rules: callers verify everything
 // before they write it. Every write is synced to disk before it returns
-// (SyncWrites), so what a caller acted on survives a crash. It must never log
-// stored values: they include key material.
+// (SyncWrites), so what a caller acted on survives a crash. Below a floor
+// of free space every write is refused (ErrDiskFull) rather than let badger
+// fault on a full disk. It must never log stored values: they include key
+// material.
 package store
 
 import (
@@ -22,12 +24,27 @@ var ErrNotFound = errors.New("not found")
 
 // Store is a badger database. It is safe for concurrent use.
 type Store struct {
-	db *badger.DB
+	db    *badger.DB
+	space *spaceGuard // nil for a store in memory
 }
 
-// Open opens (creating if needed) the database in dir. An empty dir keeps
-// everything in memory, for tests and throwaway nodes.
-func Open(dir string) (*Store, error) {
+// Options tunes a Store opened with OpenWith.
+type Options struct {
+	// MinFree is the free space, in bytes, below which every write is
+	// refused with a *DiskFullError (see DefaultMinFree; 0 means it).
+	MinFree uint64
+	// OnSpace, when set, is told each time writes stop for lack of space
+	// (low) and each time they resume, with the free bytes then.
+	OnSpace func(low bool, free uint64)
+}
+
+// Open opens (creating if needed) the database in dir with default
+// Options. An empty dir keeps everything in memory, for tests and
+// throwaway nodes.
+func Open(dir string) (*Store, error) { return OpenWith(dir, Options{}) }
+
+// OpenWith is Open with options.
+func OpenWith(dir string, o Options) (*Store, error) {
 	opts := badger.DefaultOptions(dir).
 		WithLogger(nil).
 		WithSyncWrites(true).
@@ -50,7 +67,14 @@ func Open(dir string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
-	return &Store{db: db}, nil
+	st := &Store{db: db}
+	if dir != "" {
+		if o.MinFree == 0 {
+			o.MinFree = DefaultMinFree
+		}
+		st.space = &spaceGuard{dir: dir, minFree: o.MinFree, free: freeBytes, onChange: o.OnSpace}
+	}
+	return st, nil
 }
 
 // CloseTimeout bounds Close. Badger's Close flushes the memtable and
@@ -108,6 +132,9 @@ func senderSeq(sender []byte, seq uint64) []byte {
 }
 
 func (s *Store) put(k, v []byte) error {
+	if err := s.space.check(); err != nil {
+		return err
+	}
 	return s.db.Update(func(txn *badger.Txn) error { return txn.Set(k, v) })
 }
 
@@ -175,6 +202,9 @@ func MessageUpdate(gid [32]byte, sender []byte, seq uint64, record []byte) Write
 // the batch be too large for one transaction, it is split, each part synced
 // before the next is written, so a crash keeps a prefix of the batch.
 func (s *Store) Commit(ws []Write) error {
+	if err := s.space.check(); err != nil {
+		return err
+	}
 	for len(ws) > 0 {
 		txn := s.db.NewTransaction(true)
 		n := 0
@@ -203,6 +233,9 @@ func (s *Store) PutGroup(gid [32]byte, record []byte) error {
 
 // DeleteGroup removes a group and everything stored under it.
 func (s *Store) DeleteGroup(gid [32]byte) error {
+	if err := s.space.check(); err != nil {
+		return err // dropping a prefix flushes and rewrites tables
+	}
 	for _, tag := range []byte{tagGroup, tagOp, tagKey, tagMsg, tagLog, tagCounter} {
 		if err := s.db.DropPrefix(groupKey(tag, gid)); err != nil {
 			return fmt.Errorf("delete group: %w", err)
@@ -246,6 +279,9 @@ func (s *Store) Keys(gid [32]byte, fn func(record []byte) error) error {
 // stored record so the caller can tell a duplicate from an equivocation. New
 // messages also get the next position in the group's arrival log.
 func (s *Store) PutMessage(gid [32]byte, sender []byte, seq uint64, record []byte) (stored bool, existing []byte, err error) {
+	if err := s.space.check(); err != nil {
+		return false, nil, err
+	}
 	ss := senderSeq(sender, seq)
 	mk := groupKey(tagMsg, gid, ss)
 	ck := groupKey(tagCounter, gid, []byte("log"))
@@ -390,6 +426,9 @@ type NewMessage struct {
 // only if its slot is free, and reports which were stored. It is how
 // history sync lands thousands of messages without one disk flush each.
 func (s *Store) PutMessages(gid [32]byte, msgs []NewMessage) ([]bool, error) {
+	if err := s.space.check(); err != nil {
+		return nil, err
+	}
 	stored := make([]bool, len(msgs))
 	const chunk = 256
 	for start := 0; start < len(msgs); start += chunk {
@@ -462,6 +501,9 @@ func (s *Store) Addrs(peerID []byte) ([]byte, error) {
 // sequence number appended under it (for example, per key): it is set to
 // seq the first time and passed to build as first.
 func (s *Store) AppendOwn(gid [32]byte, counter, firstMark string, sender []byte, build func(seq, first uint64) ([]byte, error)) (uint64, error) {
+	if err := s.space.check(); err != nil {
+		return 0, err // before a sequence number is taken
+	}
 	ck := groupKey(tagCounter, gid, []byte(counter))
 	lk := groupKey(tagCounter, gid, []byte("log"))
 	for {

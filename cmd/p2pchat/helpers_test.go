@@ -212,11 +212,11 @@ func newHome(t *testing.T, name string) string {
 
 // launchDaemon starts a daemon on home without waiting for it; t.Cleanup
 // stops it with SIGTERM and checks that it stopped cleanly.
-func launchDaemon(t *testing.T, name, home string) *daemon {
+func launchDaemon(t *testing.T, name, home string, extra ...string) *daemon {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	d := &daemon{name: name, home: home, cancel: cancel, stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
-	d.cmd = exec.CommandContext(ctx, binPath, daemonArgs(home)...)
+	d.cmd = exec.CommandContext(ctx, binPath, append(daemonArgs(home), extra...)...)
 	d.cmd.Env = testEnv()
 	d.cmd.Stdout, d.cmd.Stderr = d.stdout, d.stderr
 	if err := d.cmd.Start(); err != nil {
@@ -232,9 +232,9 @@ func launchDaemon(t *testing.T, name, home string) *daemon {
 }
 
 // startDaemon starts a daemon and waits until it answers.
-func startDaemon(t *testing.T, name, home string) *daemon {
+func startDaemon(t *testing.T, name, home string, extra ...string) *daemon {
 	t.Helper()
-	d := launchDaemon(t, name, home)
+	d := launchDaemon(t, name, home, extra...)
 	d.waitReady(t)
 	return d
 }

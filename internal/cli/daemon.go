@@ -23,6 +23,7 @@ import (
 	"github.com/p2pchat/p2pchat/client"
 	"github.com/p2pchat/p2pchat/internal/localapi"
 	"github.com/p2pchat/p2pchat/node"
+	"github.com/p2pchat/p2pchat/store"
 )
 
 func runDaemon(e *env, args []string) error {
@@ -33,12 +34,16 @@ func runDaemon(e *env, args []string) error {
 	apiAddr := f.String("api", "127.0.0.1:0", "host:port for the local API (loopback)")
 	noMDNS := f.Bool("no-mdns", false, "do not discover peers on the LAN")
 	logLevel := f.String("log-level", "error", "log level: debug, info, warn or error")
+	minFree := f.Uint64("min-free-disk", store.DefaultMinFree>>20, "MiB of free disk space to keep in the home's filesystem: below it sends and other writes are refused (nothing is lost; they resume when space returns)")
 	pos, err := f.parse(args)
 	if err != nil {
 		return err
 	}
 	if len(pos) > 0 {
 		return fmt.Errorf("%w: unexpected argument %q", errUsage, pos[0])
+	}
+	if *minFree == 0 || *minFree > 1<<20 {
+		return fmt.Errorf("%w: --min-free-disk %d: want 1 to %d MiB", errUsage, *minFree, 1<<20)
 	}
 	home := *f.home
 
@@ -91,7 +96,7 @@ func runDaemon(e *env, args []string) error {
 
 	ctx, stop := commandContext(0)
 	defer stop()
-	n, err := node.New(ctx, node.Config{Dir: home, ListenAddrs: listen, Logger: log, MDNS: !*noMDNS, Bootstrap: boot})
+	n, err := node.New(ctx, node.Config{Dir: home, ListenAddrs: listen, Logger: log, MDNS: !*noMDNS, Bootstrap: boot, MinFreeDisk: *minFree << 20})
 	if err != nil {
 		return err
 	}

@@ -162,6 +162,8 @@ func statusOf(err error) int {
 		return http.StatusGatewayTimeout
 	case errors.Is(err, node.ErrClosed):
 		return http.StatusServiceUnavailable // the daemon is stopping
+	case errors.Is(err, node.ErrDiskFull):
+		return http.StatusInsufficientStorage
 	}
 	return http.StatusInternalServerError
 }

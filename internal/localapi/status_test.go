@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/p2pchat/p2pchat/node"
+	"github.com/p2pchat/p2pchat/store"
 )
 
 // TestStatusOf: every error the node returns maps to its status, wrapped or
@@ -17,6 +18,7 @@ func TestStatusOf(t *testing.T) {
 		want int
 	}{
 		{node.ErrClosed, http.StatusServiceUnavailable},
+		{&store.DiskFullError{Dir: "/h", Free: 1 << 20, Need: 128 << 20}, http.StatusInsufficientStorage},
 		{fmt.Errorf("send: %w", node.ErrClosed), http.StatusServiceUnavailable},
 		{node.ErrNotMember, http.StatusForbidden},
 		{node.ErrNotAdmin, http.StatusForbidden},
