@@ -7,23 +7,23 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 )
 
-// answeredMargin keeps an answered request a little past the validator's
-// window, for a replay accepted just before the window closes and handled
-// just after.
-const answeredMargin = time.Minute
+// answeredFor is how long an answered request is remembered, from when
+// this node answered it (its own clock: the requester's send time is not
+// trusted, and clocks need not agree). A replay after that draws one more
+// answer, to the member that asked, within its rate limit.
+const answeredFor = 30 * time.Minute
 
 // maxAnsweredRequests bounds the key requests a group remembers having
 // answered. Accepted requests are rate-limited per member (keyRequestRate,
-// keyRequestBurst) and live at most 2×keyRequestMaxAge, so honest traffic
-// stays far below it; past it the entry closest to expiry goes first.
+// keyRequestBurst) and each is kept answeredFor, so honest traffic stays
+// far below it; past it the entry closest to expiry goes first.
 const maxAnsweredRequests = 4096
 
 // answeredRequests remembers the key requests a group answered, by
-// requester and nonce, until the validator would ignore them anyway: a
-// request captured off the topic and replayed after GossipSub's seen cache
-// has forgotten it (120 s, against a request lifetime of keyRequestMaxAge
-// either side of its send time) must not draw another key transfer. It
-// has its own lock and its own clock (passed in); the zero value is ready.
+// requester and nonce, for answeredFor: a request captured off the topic
+// and replayed after GossipSub's seen cache has forgotten it (120 s) must
+// not draw another key transfer. It has its own lock and its own clock
+// (passed in); the zero value is ready.
 type answeredRequests struct {
 	mu      sync.Mutex
 	expires map[answeredRequest]time.Time

@@ -23,9 +23,8 @@ const (
 	// a member (a newcomer's first ops before its add arrives need few).
 	maxPendingPerAuthor = 64
 
-	keyRequestRate   = 1.0              // accepted key requests per second per requester
-	keyRequestBurst  = 20.0             // and in a burst
-	keyRequestMaxAge = 10 * time.Minute // older (or future) requests are ignored
+	keyRequestRate  = 1.0  // accepted key requests per second per requester
+	keyRequestBurst = 20.0 // and in a burst
 )
 
 // heldEnvelope is a message whose author's roster op has not arrived yet.

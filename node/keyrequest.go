@@ -57,10 +57,9 @@ func (g *Group) onKeyRequest(r *gossip.KeyRequest) {
 		return
 	}
 	// Once per request: a replay the seen cache no longer catches gets
-	// nothing. The validator takes a request until keyRequestMaxAge after
-	// its send time.
-	expires := time.UnixMilli(r.SentAtMs).Add(keyRequestMaxAge + answeredMargin)
-	if !g.answered.first(r.Requester, r.Nonce, expires, time.Now()) {
+	// nothing while the pair is remembered, by this node's clock alone.
+	now := time.Now()
+	if !g.answered.first(r.Requester, r.Nonce, now.Add(answeredFor), now) {
 		return
 	}
 	g.sendKeyTo(k, []peer.ID{r.Requester}, r.Nonce)

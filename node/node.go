@@ -47,6 +47,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/p2p/security/noise"
+	libp2ptls "github.com/libp2p/go-libp2p/p2p/security/tls"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/p2pchat/p2pchat/gossip"
@@ -110,7 +112,8 @@ type Config struct {
 	// ListenAddrs for a node-created host. Default: TCP and QUIC on all
 	// interfaces, any port.
 	ListenAddrs []string
-	// HostOptions are extra options for a node-created host.
+	// HostOptions are extra options for a node-created host. The node sets
+	// the security transports itself (Noise, then TLS); do not add any.
 	HostOptions []libp2p.Option
 	// PubSubOptions are extra options for a node-created GossipSub router
 	// (a tracer, for instance), applied after gossip.PubSubOptions(). They
@@ -378,7 +381,14 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		if len(listen) == 0 {
 			listen = []string{"/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1", "/ip6/::/tcp/0", "/ip6/::/udp/0/quic-v1"}
 		}
-		opts := append([]libp2p.Option{libp2p.Identity(n.priv), libp2p.ListenAddrStrings(listen...)}, cfg.HostOptions...)
+		opts := append([]libp2p.Option{libp2p.Identity(n.priv), libp2p.ListenAddrStrings(listen...),
+			// Noise first: libp2p's TLS certificates are valid from an hour
+			// before their creation, so two machines whose clocks differ by
+			// more refuse each other's TLS handshake; Noise checks no time.
+			// TLS stays second for peers that offer only it (and QUIC,
+			// which has only TLS; a dial falls back to TCP when it fails).
+			libp2p.Security(noise.ID, noise.New), libp2p.Security(libp2ptls.ID, libp2ptls.New),
+		}, cfg.HostOptions...)
 		if n.host, err = libp2p.New(opts...); err != nil {
 			return nil, fmt.Errorf("node: start host: %w", err)
 		}

@@ -140,7 +140,7 @@ func TestRewrappedReplayDeduplicated(t *testing.T) {
 	}
 
 	// Past the seen cache, the validator accepts the replay again (it is a
-	// member's request, well within keyRequestMaxAge): the group must
+	// member's request, well within answeredFor): the group must
 	// remember that it answered it. Handed to each holder as its reader
 	// would after pubsub delivered it.
 	in, err := gossip.DecodeInbound(nil, rewrap(t, captured, replays+1))

@@ -136,11 +136,13 @@ func (g *Group) judgeKeyRequest(r *gossip.KeyRequest) pubsub.ValidationResult {
 	if r.Group != g.id {
 		return pubsub.ValidationReject
 	}
+	// No freshness check against sent_at_ms: two machines' clocks need not
+	// agree (a node hours off would never recover a key it missed). What
+	// bounds a request instead: the requester must be a member now (a
+	// replay never draws a key for anyone else), its token bucket here, and
+	// the answered memory (answered.go), which draws one answer per
+	// (requester, nonce) while it remembers the pair.
 	now := time.Now()
-	age := now.Sub(time.UnixMilli(r.SentAtMs))
-	if age > keyRequestMaxAge || age < -keyRequestMaxAge {
-		return pubsub.ValidationIgnore
-	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if !g.roster.IsMember(r.Requester) {
