@@ -1,9 +1,12 @@
 package node
 
 import (
+	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/p2pchat/p2pchat/roster"
+	"github.com/p2pchat/p2pchat/store"
 )
 
 // TestDyingRotatorReplaced: the founder, the group's only admin, removes a
@@ -36,4 +39,73 @@ func TestDyingRotatorReplaced(t *testing.T) {
 	if st := a.mustGroup(gid).State(); st.IsMember(r.ID()) || !st.IsMember(b.ID()) {
 		t.Fatalf("membership after the removal: %v", st.MemberIDs())
 	}
+}
+
+// TestDyingRotatorComesBack: after the remaining members replaced the dead
+// remover's rotation, the remover starts again from its home: it learns
+// the removal it published, takes the key the others converged on, and
+// nobody — the remover included — makes another key. A second rotation
+// here would split senders across two keys for nothing. Two deaths: before
+// the remove reached its own store (the others had it from the topic), and
+// after (it was durable before it was published, as Remove makes it).
+func TestDyingRotatorComesBack(t *testing.T) {
+	for _, stored := range []bool{false, true} {
+		name := "remove not stored at home"
+		if stored {
+			name = "remove stored at home"
+		}
+		t.Run(name, func(t *testing.T) { testDyingRotatorComesBack(t, stored) })
+	}
+}
+
+func testDyingRotatorComesBack(t *testing.T, removeStored bool) {
+	xDir := t.TempDir()
+	x := newTestNode(t, xDir)
+	rest := []*testNode{newTestNode(t, ""), newTestNode(t, ""), newTestNode(t, "")}
+	nodes := append([]*testNode{x}, rest...)
+	connectAll(t, nodes)
+	a, b, r := rest[0], rest[1], rest[2]
+	gid := formGroup(t, nodes)
+	before := a.mustGroup(gid).SendingKeyID()
+	remove := must(roster.NewRemove(x.Node.priv, gid, x.rosterHeads(gid), r.ID()))
+	sp := impersonate(t, x, gid, []*testNode{a, b, r})
+	publishOp(sp, remove)
+	k := waitSameSendingKey(t, []*testNode{a, b}, gid, before)
+	generated := a.Stats().KeysGenerated + b.Stats().KeysGenerated
+	if err := sp.host.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if removeStored {
+		s, err := store.Open(filepath.Join(xDir, "data"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.PutOp(gid, remove.ID, remove.Marshal()); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	back := newTestNodeWith(t, xDir, x.Node.priv)
+	connectAll(t, []*testNode{back, a, b})
+	eventually(t, 15*time.Second, "the remover learns its removal and takes the group's key", func() bool {
+		g := back.mustGroup(gid)
+		return !g.State().IsMember(r.ID()) && g.SendingKeyID() == k
+	})
+	// Past every member's turn to rotate (RotationGrace per rank).
+	time.Sleep(5 * testParams.RotationGrace)
+	if got := a.Stats().KeysGenerated + b.Stats().KeysGenerated + back.Stats().KeysGenerated; got != generated {
+		t.Fatalf("%d more keys made after the remover came back", got-generated)
+	}
+	for _, n := range []*testNode{back, a, b} {
+		if got := n.mustGroup(gid).SendingKeyID(); got != k {
+			t.Fatalf("%s sends with %s, want the converged key %s", n.ID().ShortString(), got, k)
+		}
+	}
+	m := back.send(gid, "back")
+	eventually(t, 10*time.Second, "the others read the remover's message", func() bool {
+		return a.rec.readable(gid)[m.ID()] == "back" && b.rec.readable(gid)[m.ID()] == "back"
+	})
 }
