@@ -208,7 +208,7 @@ func (g *Group) tick(now time.Time) time.Time {
 		})
 		earliest(nextReq)
 		for i, id := range ids {
-			req, err := gossip.NewKeyRequest(g.n.rand, g.n.priv, g.id, id, attempts[i], now.UnixMilli())
+			req, err := gossip.NewKeyRequest(g.n.rand, g.n.priv, g.id, id, attempts[i], now.Add(g.n.clockOffset).UnixMilli())
 			if err != nil {
 				continue
 			}

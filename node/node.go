@@ -130,6 +130,11 @@ type Config struct {
 	MDNS bool
 	// Bootstrap peers are dialed at start and whenever disconnected.
 	Bootstrap []peer.AddrInfo
+	// ClockOffset shifts every wall-clock time this node writes on the wire
+	// (a message's and a key request's sent_at_ms), as a machine whose
+	// clock is off by that much would. For tests of skewed clocks; no
+	// protocol rule may depend on it.
+	ClockOffset time.Duration
 }
 
 // Params are the node's timing knobs.
@@ -252,6 +257,8 @@ type Node struct {
 	events  *hub
 	stats   stats
 
+	clockOffset time.Duration // Config.ClockOffset
+
 	// verifier checks every signature and peer ID this node reads, and
 	// remembers the identities that passed (the node's own table; nothing
 	// is shared with another node in the process).
@@ -289,14 +296,15 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("node: %w", err)
 	}
 	n := &Node{
-		log:      cfg.Logger,
-		params:   cfg.Params.withDefaults(),
-		rand:     cfg.Rand,
-		events:   newHub(),
-		life:     newLifecycle(),
-		verifier: new(wire.Verifier),
-		groups:   make(map[roster.GroupID]*Group),
-		byTopic:  make(map[string]*Group),
+		log:         cfg.Logger,
+		params:      cfg.Params.withDefaults(),
+		rand:        cfg.Rand,
+		events:      newHub(),
+		life:        newLifecycle(),
+		verifier:    new(wire.Verifier),
+		clockOffset: cfg.ClockOffset,
+		groups:      make(map[roster.GroupID]*Group),
+		byTopic:     make(map[string]*Group),
 	}
 	if n.log == nil {
 		n.log = slog.New(slog.DiscardHandler)
@@ -689,3 +697,7 @@ func (n *Node) loadGroups() error {
 	}
 	return nil
 }
+
+// wallNow is the wall-clock time this node stamps on what it sends: the
+// local clock, shifted by Config.ClockOffset.
+func (n *Node) wallNow() time.Time { return time.Now().Add(n.clockOffset) }

@@ -119,11 +119,12 @@ func (g *Group) Send(ctx context.Context, text string) (*Message, error) {
 		return nil, err
 	}
 	now := time.Now()
+	sentAt := g.n.wallNow()
 	var env *gossip.Envelope
 	firstMark := "kfs/" + key.ID().String() // our first seq under this key
 	seq, err := g.n.store.AppendOwn(g.id, "seq", firstMark, []byte(g.n.self), func(seq, first uint64) ([]byte, error) {
 		var err error
-		env, err = gossip.SealEnvelopeFrom(g.n.rand, g.n.priv, key, seq, first, heads, &wire.Content{Text: text, SentAtMs: now.UnixMilli()})
+		env, err = gossip.SealEnvelopeFrom(g.n.rand, g.n.priv, key, seq, first, heads, &wire.Content{Text: text, SentAtMs: sentAt.UnixMilli()})
 		if err != nil {
 			return nil, err
 		}
@@ -133,7 +134,7 @@ func (g *Group) Send(ctx context.Context, text string) (*Message, error) {
 		return nil, err
 	}
 	msg := &Message{Group: g.id, Sender: g.n.self, Seq: seq, KeyID: key.ID(), Status: StatusOK,
-		Text: text, SentAt: time.UnixMilli(now.UnixMilli()), ReceivedAt: now}
+		Text: text, SentAt: time.UnixMilli(sentAt.UnixMilli()), ReceivedAt: now}
 	g.mu.Lock()
 	g.noteStoredLocked(g.n.self, seq)
 	g.noteDeliveredLocked(g.n.self, seq)

@@ -96,7 +96,17 @@ func runDaemon(e *env, args []string) error {
 
 	ctx, stop := commandContext(0)
 	defer stop()
-	n, err := node.New(ctx, node.Config{Dir: home, ListenAddrs: listen, Logger: log, MDNS: !*noMDNS, Bootstrap: boot, MinFreeDisk: *minFree << 20})
+	// P2PCHAT_TEST_CLOCK_OFFSET (a Go duration, e.g. -2h) makes the daemon
+	// stamp what it sends as a machine with a clock that far off would: for
+	// the fault-injection tests of skewed clocks only.
+	var offset time.Duration
+	if v := os.Getenv("P2PCHAT_TEST_CLOCK_OFFSET"); v != "" {
+		if offset, err = time.ParseDuration(v); err != nil {
+			return fmt.Errorf("bad P2PCHAT_TEST_CLOCK_OFFSET %q: want a duration such as -2h", v)
+		}
+	}
+	n, err := node.New(ctx, node.Config{Dir: home, ListenAddrs: listen, Logger: log, MDNS: !*noMDNS, Bootstrap: boot,
+		MinFreeDisk: *minFree << 20, ClockOffset: offset})
 	if err != nil {
 		return err
 	}
