@@ -324,6 +324,11 @@ func (k *Key) Open(sender peer.ID, seq uint64, nonce, ciphertext []byte) ([]byte
 type Ring struct {
 	group roster.GroupID
 	keys  map[ID]*Key
+	// outside caches outsiders per key (nil when none, the usual case).
+	// A key's answer depends only on its ancestors in the ring, so an Add
+	// drops the cache only when the new key is an ancestor of one held
+	// (a parent that arrived after its child).
+	outside map[ID][]peer.ID
 }
 
 // NewRing returns an empty ring for group.
@@ -338,6 +343,12 @@ func (r *Ring) Add(k *Key) bool {
 	}
 	if _, ok := r.keys[k.Meta.KeyID]; ok {
 		return false
+	}
+	for _, held := range r.keys {
+		if held.Meta.DerivedFrom == k.Meta.KeyID {
+			r.outside = nil
+			break
+		}
 	}
 	r.keys[k.Meta.KeyID] = k
 	return true
@@ -372,23 +383,48 @@ type Height func(heads []roster.OpID) (int, bool)
 // members (sorted): its recipients are exactly the members, so every member
 // can read and nobody else holds it, and, for a derived key, every ancestor
 // in the ring was entitled only to members too (its holders can derive k).
+//
+//
+// Once k's recipients equal members, "every ancestor's recipients are
+// members" is "no ancestor was entitled to anyone outside k's recipients",
+// which does not depend on members. It is kept per key as the set of such
+// outsiders, built from the parent's: outsiders(k) = (recipients(parent) ∪
+// outsiders(parent)) \ recipients(k). So a new key costs one pass over its
+// parent's recipients, not a walk down the whole derive chain, and a roster
+// change costs nothing but the comparison.
 func (r *Ring) Qualifies(k *Key, members []peer.ID) bool {
-	if !slices.Equal(k.Meta.Recipients, members) {
-		return false
+	return slices.Equal(k.Meta.Recipients, members) && len(r.outsiders(k, 0)) == 0
+}
+
+// outsiders returns the peers some ancestor of k in the ring (along
+// DerivedFrom) was entitled to that k's recipients do not include, sorted.
+// A chain longer than the ring (a cycle) counts k's recipients themselves
+// as outsiders, so the key never qualifies.
+func (r *Ring) outsiders(k *Key, depth int) []peer.ID {
+	if out, known := r.outside[k.Meta.KeyID]; known {
+		return out
 	}
-	for cur, hops := k, 0; !cur.Meta.DerivedFrom.IsZero() && hops < len(r.keys); hops++ {
-		parent, ok := r.keys[cur.Meta.DerivedFrom]
-		if !ok {
-			break // the parent predates our membership; its holders were checked by the adder
-		}
-		for _, p := range parent.Meta.Recipients {
-			if _, ok := slices.BinarySearch(members, p); !ok {
-				return false
+	if depth > len(r.keys) {
+		return k.Meta.Recipients
+	}
+	var out []peer.ID
+	if parent, held := r.keys[k.Meta.DerivedFrom]; held && !k.Meta.DerivedFrom.IsZero() {
+		// Otherwise the parent predates our membership; its holders were
+		// checked by the adder.
+		for _, set := range [][]peer.ID{parent.Meta.Recipients, r.outsiders(parent, depth+1)} {
+			for _, p := range set {
+				if _, in := slices.BinarySearch(k.Meta.Recipients, p); !in {
+					out = append(out, p)
+				}
 			}
 		}
-		cur = parent
+		out = SortedRecipients(out)
 	}
-	return true
+	if r.outside == nil {
+		r.outside = make(map[ID][]peer.ID)
+	}
+	r.outside[k.Meta.KeyID] = out
+	return out
 }
 
 // SendingKey chooses the key to send with for the membership members: among
@@ -397,7 +433,9 @@ func (r *Ring) Qualifies(k *Key, members []peer.ID) bool {
 // concurrent rotations converge without another rotation. It returns nil when
 // no key qualifies: the caller must generate one.
 func (r *Ring) SendingKey(members []peer.ID, height Height) *Key {
-	members = SortedRecipients(members)
+	if !isStrictlySorted(members) {
+		members = SortedRecipients(members)
+	}
 	var best *Key
 	bestHeight := -1
 	for _, k := range r.keys {

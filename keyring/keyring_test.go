@@ -854,3 +854,86 @@ func TestKeyLogValueHidesSecret(t *testing.T) {
 		t.Errorf("key ID appears %d times, want 8:\n%s", c, out)
 	}
 }
+
+// TestQualifiesMatchesAFreshWalk: with keys arriving in any order (parents
+// after children, chains that drop and re-add members), the cached answer
+// of Qualifies after every Add equals a walk down the derive chain.
+func TestQualifiesMatchesAFreshWalk(t *testing.T) {
+	ps := testPeers(t, 6)
+	group := groupID("walk")
+	rng := detRand(7)
+	pick := func() []peer.ID {
+		var out []peer.ID
+		for _, p := range ps {
+			var b [1]byte
+			rng.Read(b[:])
+			if b[0]&1 == 1 {
+				out = append(out, p)
+			}
+		}
+		if len(out) == 0 {
+			out = ps[:1]
+		}
+		return keyring.SortedRecipients(out)
+	}
+	walk := func(keys map[keyring.ID]*keyring.Key, k *keyring.Key) bool {
+		for cur := k; !cur.Meta.DerivedFrom.IsZero(); {
+			parent, ok := keys[cur.Meta.DerivedFrom]
+			if !ok {
+				return true
+			}
+			for _, p := range parent.Meta.Recipients {
+				if !slicesContains(k.Meta.Recipients, p) {
+					return false
+				}
+			}
+			cur = parent
+		}
+		return true
+	}
+	for round := range 200 {
+		var keys []*keyring.Key
+		root := mustGenerate(t, uint64(round), group, ps[0], []roster.OpID{opID(fmt.Sprint("root", round))}, pick())
+		keys = append(keys, root)
+		for i := range 6 {
+			var b [1]byte
+			rng.Read(b[:])
+			parent := keys[int(b[0])%len(keys)]
+			k, err := keyring.Derive(parent, opID(fmt.Sprint(round, "add", i)), ps[0], pick())
+			if err != nil {
+				t.Fatal(err)
+			}
+			keys = append(keys, k)
+		}
+		order := make([]int, len(keys))
+		for i := range order {
+			order[i] = i
+		}
+		for i := len(order) - 1; i > 0; i-- {
+			var b [1]byte
+			rng.Read(b[:])
+			j := int(b[0]) % (i + 1)
+			order[i], order[j] = order[j], order[i]
+		}
+		r := keyring.NewRing(group)
+		held := map[keyring.ID]*keyring.Key{}
+		for _, i := range order {
+			r.Add(keys[i])
+			held[keys[i].ID()] = keys[i]
+			for _, k := range held {
+				if got, want := r.Qualifies(k, k.Meta.Recipients), walk(held, k); got != want {
+					t.Fatalf("round %d: Qualifies = %v, a fresh walk says %v", round, got, want)
+				}
+			}
+		}
+	}
+}
+
+func slicesContains(ps []peer.ID, p peer.ID) bool {
+	for _, q := range ps {
+		if q == p {
+			return true
+		}
+	}
+	return false
+}
