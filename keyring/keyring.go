@@ -384,7 +384,6 @@ type Height func(heads []roster.OpID) (int, bool)
 // can read and nobody else holds it, and, for a derived key, every ancestor
 // in the ring was entitled only to members too (its holders can derive k).
 //
-//
 // Once k's recipients equal members, "every ancestor's recipients are
 // members" is "no ancestor was entitled to anyone outside k's recipients",
 // which does not depend on members. It is kept per key as the set of such
