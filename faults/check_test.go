@@ -42,7 +42,8 @@ func formGroup(t *testing.T, name string, ds ...*daemon) string {
 
 // waitRoster waits until every daemon in readers lists exactly members and
 // all send with one key; it returns that key and the time it took.
-func waitRoster(t *testing.T, timeout time.Duration, gid string, readers, members []*daemon) (string, time.Duration) {
+// Each roster read is shown to rms (see removal.watch).
+func waitRoster(t *testing.T, timeout time.Duration, gid string, readers, members []*daemon, rms ...*removal) (string, time.Duration) {
 	t.Helper()
 	want := make([]string, 0, len(members))
 	for _, m := range members {
@@ -54,6 +55,9 @@ func waitRoster(t *testing.T, timeout time.Duration, gid string, readers, member
 		key = ""
 		for _, d := range readers {
 			g := d.groupInfo(gid)
+			for _, rm := range rms {
+				rm.watch(d, g)
+			}
 			var got []string
 			for _, m := range g.Members {
 				got = append(got, m.PeerID)
@@ -313,4 +317,21 @@ func names(ds []*daemon) string {
 		s = append(s, d.name)
 	}
 	return strings.Join(s, ",")
+}
+
+// paced has each sender send one message every gap until dur has passed.
+func paced(l *ledger, tag string, dur, gap time.Duration, senders ...*daemon) {
+	var wg sync.WaitGroup
+	end := time.Now().Add(dur)
+	for _, d := range senders {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; time.Now().Before(end); i++ {
+				l.send(d, fmt.Sprintf("%s %s %d", tag, d.name, i))
+				time.Sleep(gap)
+			}
+		}()
+	}
+	wg.Wait()
 }
