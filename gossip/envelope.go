@@ -92,6 +92,21 @@ func OpenEnvelope(v *wire.Verifier, s *wire.Signed) (*Envelope, error) {
 	return envelopeFrom(signer, s, &w)
 }
 
+// PeekKeyID reads the key ID an envelope names without verifying it: only
+// for deciding to skip an envelope before paying for its signature check
+// (a stored one the reader is not entitled to), never for trusting it.
+func PeekKeyID(s *wire.Signed) (keyring.ID, bool) {
+	if s == nil || s.Kind != wire.Kind_KIND_ENVELOPE {
+		return keyring.ID{}, false
+	}
+	var w wire.Envelope
+	if proto.Unmarshal(s.Body, &w) != nil {
+		return keyring.ID{}, false
+	}
+	id, err := keyring.ParseID(w.KeyId)
+	return id, err == nil
+}
+
 // OpenEnvelopeBatch verifies a batch's signatures together and decodes its
 // envelopes: 2 to MaxBatchEnvelopes of them, one sender, one group, in
 // increasing sequence order. Any bad envelope fails the whole batch.

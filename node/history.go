@@ -95,19 +95,28 @@ func inSenderOrder(msgs []Message) {
 // they arrived; they are verified again here because the store is a file an
 // attacker with disk access could edit, and verification is cheap next to I/O.
 func (g *Group) loadEnvelope(sender peer.ID, seq uint64) (*gossip.Envelope, *wire.MessageRecord, error) {
-	b, err := g.n.store.Message(g.id, []byte(sender), seq)
+	rec, err := g.loadRecord(sender, seq)
 	if err != nil {
 		return nil, nil, err
-	}
-	var rec wire.MessageRecord
-	if err := proto.Unmarshal(b, &rec); err != nil {
-		return nil, nil, fmt.Errorf("message record: %w", err)
 	}
 	e, err := gossip.OpenEnvelope(g.n.verifier, rec.Envelope)
 	if err != nil {
 		return nil, nil, fmt.Errorf("stored envelope: %w", err)
 	}
-	return e, &rec, nil
+	return e, rec, nil
+}
+
+// loadRecord reads a stored message record without verifying it.
+func (g *Group) loadRecord(sender peer.ID, seq uint64) (*wire.MessageRecord, error) {
+	b, err := g.n.store.Message(g.id, []byte(sender), seq)
+	if err != nil {
+		return nil, err
+	}
+	var rec wire.MessageRecord
+	if err := proto.Unmarshal(b, &rec); err != nil {
+		return nil, fmt.Errorf("message record: %w", err)
+	}
+	return &rec, nil
 }
 
 // messageLocked builds the member's view of an envelope: decrypted when the

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/p2pchat/p2pchat/gossip"
+	"github.com/p2pchat/p2pchat/keyring"
 	"github.com/p2pchat/p2pchat/roster"
 	"github.com/p2pchat/p2pchat/store"
 	"github.com/p2pchat/p2pchat/wire"
@@ -165,9 +166,28 @@ func (n *Node) handleSyncRequest(from peer.ID, req *wire.SyncRequest) (*wire.Syn
 	}
 	resp := &wire.SyncResponse{}
 	size := 0
+	refusedKeys := make(map[keyring.ID]bool) // by key ID, before any signature check
 	for _, s := range missing {
-		e, rec, err := g.loadEnvelope(s.sender, s.seq)
-		if err != nil || rec.Undecryptable || !g.entitledToEnvelope(from, e) {
+		rec, err := g.loadRecord(s.sender, s.seq)
+		if err != nil || rec.Undecryptable {
+			continue
+		}
+		// A key we hold names its recipients: an envelope under one the
+		// requester is not among is skipped on its (unverified) key ID,
+		// with no signature check, which is most of the cost of serving a
+		// member who joined after a long history.
+		if id, ok := gossip.PeekKeyID(rec.Envelope); ok {
+			refused, known := refusedKeys[id]
+			if !known {
+				refused = g.notRecipientOfHeldKey(from, id)
+				refusedKeys[id] = refused
+			}
+			if refused {
+				continue
+			}
+		}
+		e, err := gossip.OpenEnvelope(g.n.verifier, rec.Envelope)
+		if err != nil || !g.entitledToEnvelope(from, e) {
 			continue
 		}
 		if len(resp.Envelopes) >= limit || size >= gossip.SyncBatchBytes {
@@ -178,6 +198,15 @@ func (n *Node) handleSyncRequest(from peer.ID, req *wire.SyncRequest) (*wire.Syn
 		size += proto.Size(e.Signed)
 	}
 	return resp, true
+}
+
+// notRecipientOfHeldKey reports whether this node holds key id and p is not
+// one of its recipients (so p is entitled to nothing under it).
+func (g *Group) notRecipientOfHeldKey(p peer.ID, id keyring.ID) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	k, ok := g.ring.Get(id)
+	return ok && !k.Meta.IsRecipient(p)
 }
 
 // entitledToEnvelope reports whether p may be given e by history sync.

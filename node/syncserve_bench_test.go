@@ -1,0 +1,46 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/p2pchat/p2pchat/roster"
+	"github.com/p2pchat/p2pchat/wire"
+)
+
+// BenchmarkServeSyncToLateJoiner: a member with a long history answers the
+// first history sync of a member that joined after all of it and is
+// entitled to none of it — what every responder paid at each join, again
+// 2 s later and every 30 s.
+func BenchmarkServeSyncToLateJoiner(b *testing.B) {
+	for _, n := range []int{2000, 10000} {
+		b.Run(fmt.Sprintf("history=%d", n), func(b *testing.B) {
+			a := newTestNode(b, b.TempDir()) // the daemon's configuration: badger on disk
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+			defer cancel()
+			g, err := a.CreateGroup(ctx, "long history")
+			if err != nil {
+				b.Fatal(err)
+			}
+			for i := range n {
+				if _, err := g.Send(ctx, fmt.Sprint("old message ", i)); err != nil {
+					b.Fatal(err)
+				}
+			}
+			late := newTestNode(b, "")
+			if err := g.Add(ctx, late.ID(), roster.RoleMember); err != nil {
+				b.Fatal(err)
+			}
+			req := &wire.SyncRequest{GroupId: g.id[:]}
+			b.ResetTimer()
+			for b.Loop() {
+				resp, ok := a.handleSyncRequest(late.ID(), req)
+				if !ok || len(resp.Envelopes) != 0 || resp.More {
+					b.Fatalf("served %d envelopes (ok %v, more %v) to a member entitled to none", len(resp.GetEnvelopes()), ok, resp.GetMore())
+				}
+			}
+		})
+	}
+}
