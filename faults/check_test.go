@@ -267,6 +267,13 @@ func (rm *removal) watch(sender *daemon, g groupInfo) {
 	}
 }
 
+// cutoffOf is sender's cutoff (the zero time if none yet).
+func (rm *removal) cutoffOf(sender *daemon) time.Time {
+	rm.mu.Lock()
+	defer rm.mu.Unlock()
+	return rm.cutoff[sender]
+}
+
 // forbids reports whether s is forbidden to reader under this removal.
 func (rm *removal) forbids(reader *daemon, s sent) bool {
 	if reader != rm.removed {
