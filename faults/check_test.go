@@ -18,6 +18,13 @@ import (
 // connected to everyone; it returns when all rosters and sending keys agree.
 func formGroup(t *testing.T, name string, ds ...*daemon) string {
 	t.Helper()
+	connectAll(ds...)
+	return formConnected(t, name, ds...)
+}
+
+// formConnected is formGroup for daemons the caller connected.
+func formConnected(t *testing.T, name string, ds ...*daemon) string {
+	t.Helper()
 	a := ds[0]
 	var out struct {
 		GroupID string `json:"group_id"`
@@ -26,7 +33,6 @@ func formGroup(t *testing.T, name string, ds ...*daemon) string {
 		t.Fatalf("group create: %v %q", err, out.GroupID)
 	}
 	gid := out.GroupID
-	connectAll(ds...)
 	for _, d := range ds[1:] {
 		var inv struct {
 			Invite string `json:"invite"`

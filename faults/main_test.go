@@ -32,6 +32,10 @@ func TestMain(m *testing.M) {
 }
 
 func testMain(m *testing.M) int {
+	if spec := os.Getenv("P2PCHAT_FAULTS_PROXY"); spec != "" {
+		// Re-executed inside a router namespace as the delaying proxy.
+		return proxyMain(spec)
+	}
 	flag.Parse()
 	switch {
 	case os.Getenv("P2PCHAT_FAULTS") != "1":
