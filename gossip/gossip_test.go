@@ -643,7 +643,7 @@ func newStreams(t *testing.T, h host.Host, hs gossip.Handlers) *gossip.Streams {
 func refuseAll() gossip.Handlers {
 	return gossip.Handlers{
 		Key:    func(peer.ID, *wire.KeyTransfer) bool { return false },
-		Roster: func(peer.ID, [32]byte) ([]*wire.Signed, bool) { return nil, false },
+		Roster: func(peer.ID, [32]byte, []roster.OpID) ([]*wire.Signed, bool) { return nil, false },
 	}
 }
 
@@ -729,7 +729,7 @@ func TestFetchRoster(t *testing.T) {
 	var froms sync.Map
 	newStreams(t, h2, gossip.Handlers{
 		Key: refuseAll().Key,
-		Roster: func(from peer.ID, group [32]byte) ([]*wire.Signed, bool) {
+		Roster: func(from peer.ID, group [32]byte, _ []roster.OpID) ([]*wire.Signed, bool) {
 			froms.Store(from, true)
 			if group != f.group {
 				return nil, false
@@ -739,7 +739,7 @@ func TestFetchRoster(t *testing.T) {
 	})
 	s1 := newStreams(t, h1, refuseAll())
 
-	got, err := s1.FetchRoster(ctx, h2.ID(), f.group)
+	got, err := s1.FetchRoster(ctx, h2.ID(), f.group, nil)
 	if err != nil {
 		t.Fatalf("FetchRoster: %v", err)
 	}
@@ -764,7 +764,7 @@ func TestFetchRoster(t *testing.T) {
 
 	other := f.group
 	other[0] ^= 1
-	if got, err := s1.FetchRoster(ctx, h2.ID(), other); err == nil || got != nil {
+	if got, err := s1.FetchRoster(ctx, h2.ID(), other, nil); err == nil || got != nil {
 		t.Fatalf("refused fetch: ops %v, err %v", got, err)
 	}
 }
@@ -862,7 +862,7 @@ func TestStreamsCloseWaitsAndUnregisters(t *testing.T) {
 			<-release
 			return true
 		},
-		Roster: func(peer.ID, [32]byte) ([]*wire.Signed, bool) { return nil, true },
+		Roster: func(peer.ID, [32]byte, []roster.OpID) ([]*wire.Signed, bool) { return nil, true },
 	})
 	released := false
 	t.Cleanup(func() {
@@ -912,7 +912,7 @@ func TestStreamsCloseWaitsAndUnregisters(t *testing.T) {
 	if err := s1.SendKey(ctx, h2.ID(), tr); err == nil || errors.Is(err, gossip.ErrRefused) {
 		t.Fatalf("SendKey after Close: err = %v, want a protocol failure", err)
 	}
-	if _, err := s1.FetchRoster(ctx, h2.ID(), f.group); err == nil {
+	if _, err := s1.FetchRoster(ctx, h2.ID(), f.group, nil); err == nil {
 		t.Fatal("FetchRoster after Close succeeded")
 	}
 	if n := handled.Load(); n != 1 {
@@ -924,4 +924,62 @@ func TestStreamsCloseWaitsAndUnregisters(t *testing.T) {
 		}
 	}
 	s2.Close() // idempotent
+}
+
+// The requester's known heads reach the handler as op IDs; a request naming
+// more than roster.MaxParents heads, or one that is not 32 bytes, is reset
+// before the handler runs.
+func TestFetchRosterKnownHeads(t *testing.T) {
+	leakCheck(t)
+	h1, h2 := hostPair(t)
+	f := newFixture(t)
+	ctx := testCtx(t)
+	var seen atomic.Value
+	var handled atomic.Int32
+	newStreams(t, h2, gossip.Handlers{
+		Key: refuseAll().Key,
+		Roster: func(_ peer.ID, _ [32]byte, known []roster.OpID) ([]*wire.Signed, bool) {
+			handled.Add(1)
+			seen.Store(known)
+			return nil, true
+		},
+	})
+	s1 := newStreams(t, h1, refuseAll())
+	heads := []roster.OpID{f.create.ID, {7}}
+	if _, err := s1.FetchRoster(ctx, h2.ID(), f.group, heads); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := seen.Load().([]roster.OpID); len(got) != 2 || got[0] != heads[0] || got[1] != heads[1] {
+		t.Fatalf("handler saw known heads %v, want %v", got, heads)
+	}
+
+	raw := func(req *wire.RosterRequest) error {
+		st, err := h1.NewStream(ctx, h2.ID(), gossip.RosterProtocol)
+		if err != nil {
+			return err
+		}
+		defer st.Reset()
+		_ = st.SetDeadline(time.Now().Add(10 * time.Second))
+		b, _ := proto.Marshal(req)
+		if _, err := st.Write(append(binary.AppendUvarint(nil, uint64(len(b))), b...)); err != nil {
+			return err
+		}
+		_ = st.CloseWrite()
+		_, err = io.ReadAll(st)
+		return err
+	}
+	before := handled.Load()
+	tooMany := &wire.RosterRequest{GroupId: f.group[:]}
+	for i := range roster.MaxParents + 1 {
+		tooMany.KnownHeads = append(tooMany.KnownHeads, (&roster.OpID{byte(i), 1}).Bytes())
+	}
+	short := &wire.RosterRequest{GroupId: f.group[:], KnownHeads: [][]byte{make([]byte, 31)}}
+	for name, req := range map[string]*wire.RosterRequest{"65 heads": tooMany, "a 31-byte head": short} {
+		if err := raw(req); err == nil {
+			t.Errorf("%s: answered, want a reset", name)
+		}
+	}
+	if handled.Load() != before {
+		t.Fatal("the handler ran for a request over its bounds")
+	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/libp2p/go-msgio"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/p2pchat/p2pchat/roster"
 	"github.com/p2pchat/p2pchat/wire"
 )
 
@@ -30,8 +31,10 @@ type Handlers struct {
 	// whether it was accepted.
 	Key func(from peer.ID, t *wire.KeyTransfer) bool
 	// Roster returns the signed ops of a group for an authenticated peer, or
-	// false to refuse (the node serves current members only).
-	Roster func(from peer.ID, group [32]byte) ([]*wire.Signed, bool)
+	// false to refuse (the node serves current members only). known are the
+	// requester's roster heads (none, or at most roster.MaxParents, checked
+	// to be op IDs): what it already has.
+	Roster func(from peer.ID, group [32]byte, known []roster.OpID) ([]*wire.Signed, bool)
 	// Sync answers a history request from an authenticated peer, or false
 	// to refuse (the peer is not a current member).
 	Sync func(from peer.ID, req *wire.SyncRequest) (*wire.SyncResponse, bool)
@@ -54,7 +57,7 @@ func NewStreams(h host.Host, handlers Handlers) *Streams {
 		handlers.Key = func(peer.ID, *wire.KeyTransfer) bool { return false }
 	}
 	if handlers.Roster == nil {
-		handlers.Roster = func(peer.ID, [32]byte) ([]*wire.Signed, bool) { return nil, false }
+		handlers.Roster = func(peer.ID, [32]byte, []roster.OpID) ([]*wire.Signed, bool) { return nil, false }
 	}
 	if handlers.Sync == nil {
 		handlers.Sync = func(peer.ID, *wire.SyncRequest) (*wire.SyncResponse, bool) { return nil, false }
@@ -143,11 +146,20 @@ func (s *Streams) serveKey(st network.Stream) {
 
 func (s *Streams) serveRoster(st network.Stream) {
 	var req wire.RosterRequest
-	if err := readMsg(st, MaxKeyFrame, &req); err != nil || len(req.GroupId) != 32 {
+	if err := readMsg(st, MaxKeyFrame, &req); err != nil || len(req.GroupId) != 32 || len(req.KnownHeads) > roster.MaxParents {
 		_ = st.Reset()
 		return
 	}
-	ops, ok := s.handlers.Roster(st.Conn().RemotePeer(), [32]byte(req.GroupId))
+	known := make([]roster.OpID, 0, len(req.KnownHeads))
+	for _, h := range req.KnownHeads {
+		id, err := roster.ParseOpID(h)
+		if err != nil {
+			_ = st.Reset()
+			return
+		}
+		known = append(known, id)
+	}
+	ops, ok := s.handlers.Roster(st.Conn().RemotePeer(), [32]byte(req.GroupId), known)
 	if !ok {
 		_ = st.Reset()
 		return
@@ -213,10 +225,18 @@ func (s *Streams) SendKey(ctx context.Context, p peer.ID, t *wire.KeyTransfer) e
 	return nil
 }
 
-// FetchRoster asks p for the signed ops of group. The caller verifies them.
-func (s *Streams) FetchRoster(ctx context.Context, p peer.ID, group [32]byte) ([]*wire.Signed, error) {
+// FetchRoster asks p for the signed ops of group that are not in the causal
+// past of known (our roster heads; nil, or more than roster.MaxParents of
+// them, asks for everything). The caller verifies them.
+func (s *Streams) FetchRoster(ctx context.Context, p peer.ID, group [32]byte, known []roster.OpID) ([]*wire.Signed, error) {
+	req := &wire.RosterRequest{GroupId: group[:]}
+	if len(known) <= roster.MaxParents {
+		for _, h := range known {
+			req.KnownHeads = append(req.KnownHeads, h.Bytes())
+		}
+	}
 	var resp wire.RosterResponse
-	if err := s.exchange(ctx, p, RosterProtocol, &wire.RosterRequest{GroupId: group[:]}, MaxKeyFrame, MaxRosterFrame, &resp); err != nil {
+	if err := s.exchange(ctx, p, RosterProtocol, req, MaxKeyFrame, MaxRosterFrame, &resp); err != nil {
 		return nil, err
 	}
 	return resp.Ops, nil

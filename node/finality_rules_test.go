@@ -71,7 +71,7 @@ func spyServing(t *testing.T, priv crypto.PrivKey, gid roster.GroupID, others []
 	log := &fetchLog{}
 	sp.streams.Close() // the spy's own handlers refuse roster fetches
 	sp.streams = gossip.NewStreams(sp.host, gossip.Handlers{
-		Roster: func(from peer.ID, _ [32]byte) ([]*wire.Signed, bool) {
+		Roster: func(from peer.ID, _ [32]byte, _ []roster.OpID) ([]*wire.Signed, bool) {
 			log.mu.Lock()
 			log.roster = append(log.roster, from)
 			log.mu.Unlock()

@@ -313,7 +313,7 @@ func newSpy(t testing.TB, identity crypto.PrivKey) *spy {
 			s.mu.Unlock()
 			return true
 		},
-		Roster: func(peer.ID, [32]byte) ([]*wire.Signed, bool) { return nil, false },
+		Roster: func(peer.ID, [32]byte, []roster.OpID) ([]*wire.Signed, bool) { return nil, false },
 		Sync: func(from peer.ID, req *wire.SyncRequest) (*wire.SyncResponse, bool) {
 			s.mu.Lock()
 			answer := s.answerSync

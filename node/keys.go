@@ -291,7 +291,7 @@ func (g *Group) showArrived(refs []msgRef) {
 }
 
 // handleRosterRequest serves a group's roster to a current member.
-func (n *Node) handleRosterRequest(from peer.ID, group [32]byte) ([]*wire.Signed, bool) {
+func (n *Node) handleRosterRequest(from peer.ID, group [32]byte, known []roster.OpID) ([]*wire.Signed, bool) {
 	g, ok := n.Group(roster.GroupID(group))
 	if !ok || g.hasLeft() {
 		return nil, false
@@ -301,7 +301,9 @@ func (n *Node) handleRosterRequest(from peer.ID, group [32]byte) ([]*wire.Signed
 	var ops []*roster.Op
 	switch {
 	case g.roster.IsMember(from):
-		ops = g.roster.Ops()
+		// What the member lacks: everything after the heads it named, or
+		// everything when it named one we do not hold.
+		ops, _ = g.roster.OpsAfter(known)
 	case g.countedOutLocked(from):
 		// A removed member (partitioned when it happened, say) learns its
 		// removal: the ops that removed it and their causal past, nothing

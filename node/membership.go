@@ -347,7 +347,10 @@ func (g *Group) fetchRosterOps(ctx context.Context, from peer.ID) ([]*roster.Op,
 	if g.countedOut(from) {
 		return nil, errCountedOut
 	}
-	signed, err := g.n.streams.FetchRoster(ctx, from, g.id)
+	g.mu.Lock()
+	known := g.roster.Heads()
+	g.mu.Unlock()
+	signed, err := g.n.streams.FetchRoster(ctx, from, g.id, known)
 	if err != nil {
 		return nil, err
 	}

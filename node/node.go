@@ -595,7 +595,7 @@ func (n *Node) JoinGroup(ctx context.Context, id roster.GroupID, via peer.AddrIn
 	if err := n.host.Connect(ctx, via); err != nil {
 		return nil, fmt.Errorf("connect to %s: %w", via.ID.String(), err)
 	}
-	signed, err := n.streams.FetchRoster(ctx, via.ID, id)
+	signed, err := n.streams.FetchRoster(ctx, via.ID, id, nil) // joining: we have nothing
 	if err != nil {
 		return nil, fmt.Errorf("fetch roster from %s: %w", via.ID.String(), err)
 	}

@@ -33,7 +33,7 @@ func TestRemovedAcrossPartitionLearnsIt(t *testing.T) {
 
 	// What x serves r now that it counts r out: the removal and its past,
 	// nothing that followed.
-	served, ok := x.Node.handleRosterRequest(r.ID(), gid)
+	served, ok := x.Node.handleRosterRequest(r.ID(), gid, nil)
 	if !ok {
 		t.Fatal("x refused r's roster fetch: a member removed while away could never learn it")
 	}

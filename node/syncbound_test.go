@@ -55,7 +55,7 @@ func newHostileResponder(t *testing.T, identity crypto.PrivKey, gid roster.Group
 	var mu sync.Mutex
 	seq := uint64(0)
 	streams := gossip.NewStreams(h, gossip.Handlers{
-		Roster: func(peer.ID, [32]byte) ([]*wire.Signed, bool) {
+		Roster: func(peer.ID, [32]byte, []roster.OpID) ([]*wire.Signed, bool) {
 			hr.rosterServed.Add(1)
 			return nil, false
 		},

@@ -616,6 +616,46 @@ func (r *Roster) Ops() []*Op {
 	return slices.Clone(r.order)
 }
 
+// OpsAfter returns, in the order of Ops, the applied ops outside the causal
+// past of heads (the heads included in that past): what a peer whose roster
+// has these heads lacks. It reports false, and returns every op, when some
+// head is not applied here: the peer's past cannot be told apart then.
+func (r *Roster) OpsAfter(heads []OpID) ([]*Op, bool) {
+	all := r.Ops()
+	if len(heads) == 0 {
+		return all, false
+	}
+	below := make([]bool, len(r.nodes))
+	stack := make([]*node, 0, len(heads))
+	for _, h := range heads {
+		n, ok := r.byID[h]
+		if !ok {
+			return all, false
+		}
+		stack = append(stack, n)
+	}
+	for len(stack) > 0 {
+		n := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		if below[n.idx] {
+			continue
+		}
+		below[n.idx] = true
+		for _, p := range n.op.Parents {
+			if pn := r.byID[p]; !below[pn.idx] {
+				stack = append(stack, pn)
+			}
+		}
+	}
+	out := all[:0]
+	for _, op := range all {
+		if !below[r.byID[op.ID].idx] {
+			out = append(out, op)
+		}
+	}
+	return out, true
+}
+
 type idHeap []*node
 
 func (h idHeap) Len() int           { return len(h) }

@@ -1291,8 +1291,13 @@ func (x *EnvelopeBatch) GetEnvelopes() []*Signed {
 
 // RosterRequest asks a member for a group's roster over /p2pchat/roster/1.0.0.
 type RosterRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	GroupId       []byte                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	GroupId []byte                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	// The requester's roster heads (at most 64, each 32 bytes), or none. A
+	// responder that holds every one leaves their causal past out of the
+	// response: what the requester has already. A responder that lacks one,
+	// or an older one, serves everything.
+	KnownHeads    [][]byte `protobuf:"bytes,2,rep,name=known_heads,json=knownHeads,proto3" json:"known_heads,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1330,6 +1335,13 @@ func (*RosterRequest) Descriptor() ([]byte, []int) {
 func (x *RosterRequest) GetGroupId() []byte {
 	if x != nil {
 		return x.GroupId
+	}
+	return nil
+}
+
+func (x *RosterRequest) GetKnownHeads() [][]byte {
+	if x != nil {
+		return x.KnownHeads
 	}
 	return nil
 }
@@ -1927,9 +1939,11 @@ const file_wire_proto_rawDesc = "" +
 	"\x0eenvelope_batch\x18\x04 \x01(\v2\x1e.p2pchat.wire.v1.EnvelopeBatchH\x00R\renvelopeBatchB\t\n" +
 	"\apayload\"F\n" +
 	"\rEnvelopeBatch\x125\n" +
-	"\tenvelopes\x18\x01 \x03(\v2\x17.p2pchat.wire.v1.SignedR\tenvelopes\"*\n" +
+	"\tenvelopes\x18\x01 \x03(\v2\x17.p2pchat.wire.v1.SignedR\tenvelopes\"K\n" +
 	"\rRosterRequest\x12\x19\n" +
-	"\bgroup_id\x18\x01 \x01(\fR\agroupId\";\n" +
+	"\bgroup_id\x18\x01 \x01(\fR\agroupId\x12\x1f\n" +
+	"\vknown_heads\x18\x02 \x03(\fR\n" +
+	"knownHeads\";\n" +
 	"\x0eRosterResponse\x12)\n" +
 	"\x03ops\x18\x01 \x03(\v2\x17.p2pchat.wire.v1.SignedR\x03ops\"W\n" +
 	"\vGroupRecord\x124\n" +
