@@ -12,7 +12,7 @@ func TestOpsAfter(t *testing.T) {
 	d := newDAG(t, alice)
 	a1 := d.mk("a1", KindAdd, alice, bob, M, "c")
 	a2 := d.mk("a2", KindAdd, alice, carol, M, "a1")
-	b1 := d.mk("b1", KindAdd, alice, dave, M, "a1") // concurrent with a2
+	b1 := d.mk("b1", KindAdd, alice, dave, M, "a1")       // concurrent with a2
 	a3 := d.mk("a3", KindAdd, alice, erin, M, "a2", "b1") // merges both
 	for _, op := range []*Op{a1, a2, b1, a3} {
 		d.insert(op)
