@@ -107,6 +107,9 @@ func (tp *topo) setLink(i int, up bool) {
 func (tp *topo) loss(p float64) (undo func()) {
 	t := tp.t
 	t.Helper()
+	if _, err := exec.LookPath("iptables"); err != nil {
+		t.Fatal("iptables is not installed: apt-get install -y iptables (.ci/run does)")
+	}
 	rule := []string{"FORWARD", "-m", "statistic", "--mode", "random", "--probability", fmt.Sprint(p), "-j", "DROP"}
 	sh(t, append([]string{"ip", "netns", "exec", tp.router, "iptables", "-A"}, rule...)...)
 	return func() { sh(t, append([]string{"ip", "netns", "exec", tp.router, "iptables", "-D"}, rule...)...) }

@@ -70,7 +70,7 @@ func TestPartitionRemovalsHeal(t *testing.T) {
 	}
 	forbidden := anyOf(rmX.forbids, rmY.forbids)
 	took, _ := converge(t, 120*time.Second, l, all, entitled)
-	r := audit(t, "(b) partition 3|3, removals", l, all, entitled, forbidden, time.Since(healed))
+	r := audit(t, "(b) partition 3 vs 3, removals", l, all, entitled, forbidden, time.Since(healed))
 	r.note = fmt.Sprintf("rosters converged %v after the heal; messages %v after the last send", rosterTook.Round(100*time.Millisecond), took.Round(100*time.Millisecond))
 	report(t, r)
 	for _, g := range []*daemon{x, y} {
