@@ -40,7 +40,9 @@ type Group struct {
 	topicWG     sync.WaitGroup
 
 	ingestMu sync.Mutex // serializes storing and showing messages; taken before mu
-	sendMu   sync.Mutex // serializes our own sends (Send); taken before mu
+	sendMu   sync.Mutex // held by the Send storing a batch of our sends; taken before mu
+	sendQMu  sync.Mutex // guards sendQ; held for no more than a slice operation
+	sendQ    []*sendRequest
 
 	// out publishes our stored envelopes; pushed to under mu, so they
 	// leave in sequence order. Set while the topic is joined.

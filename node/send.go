@@ -76,7 +76,9 @@ func capHeads(heads []roster.OpID, max int) []roster.OpID {
 // a quiet spell, or with the sends queued behind it (Params.PublishBatch,
 // PublishInterval). A member that just joined first waits (briefly) for the
 // epoch key its adder derived for it. With no qualifying key it generates
-// one for the current roster and sends it to every member.
+// one for the current roster and sends it to every member. Sends made at
+// the same time are stored in one synced write (a group commit) and keep
+// the order in which they were queued.
 func (g *Group) Send(ctx context.Context, text string) (*Message, error) {
 	ctx, finish, err := g.n.life.call(ctx)
 	if err != nil {
@@ -87,16 +89,68 @@ func (g *Group) Send(ctx context.Context, text string) (*Message, error) {
 		return nil, fmt.Errorf("%w: text of %d bytes exceeds %d", ErrTooLarge, len(text), gossip.MaxTextSize)
 	}
 	g.awaitExpectedKey(ctx)
-	// sendMu orders our sends: sequence numbers are taken, stored and
-	// queued for publishing one send at a time, so they stay gap-free and
-	// leave in order. The group lock is held only to choose the key and
-	// the roster heads, never across sealing or the disk.
-	g.sendMu.Lock()
-	defer g.sendMu.Unlock()
+	// Group commit: the send is queued; whoever holds sendMu stores every
+	// queued send in one synced transaction and publishes them in order.
+	// A send that finds its request already taken waits for the sendMu
+	// holder to finish it, which happens before sendMu is released.
+	req := &sendRequest{text: text, done: make(chan sendResult, 1)}
+	g.sendQMu.Lock()
+	g.sendQ = append(g.sendQ, req)
+	g.sendQMu.Unlock()
+	for {
+		select {
+		case res := <-req.done:
+			return res.msg, res.err
+		default:
+		}
+		g.sendMu.Lock()
+		if batch := g.takeSends(); len(batch) > 0 {
+			g.sendBatch(batch)
+		}
+		g.sendMu.Unlock()
+	}
+}
+
+// sendRequest is one queued Send.
+type sendRequest struct {
+	text string
+	done chan sendResult // buffered: the batch never waits on the caller
+}
+
+type sendResult struct {
+	msg *Message
+	err error
+}
+
+// maxSendBatch bounds the sends stored in one transaction.
+const maxSendBatch = 64
+
+func (g *Group) takeSends() []*sendRequest {
+	g.sendQMu.Lock()
+	defer g.sendQMu.Unlock()
+	n := min(len(g.sendQ), maxSendBatch)
+	batch := g.sendQ[:n:n]
+	g.sendQ = g.sendQ[n:]
+	return batch
+}
+
+// sendBatch stores batch as our next messages in one synced transaction,
+// then queues them for publishing in sequence order, and answers each
+// request. Called with sendMu held: sequence numbers are taken, stored and
+// queued one batch at a time, so they stay gap-free and leave in order.
+// The group lock is held only to choose the key and the roster heads,
+// never across sealing or the disk.
+func (g *Group) sendBatch(batch []*sendRequest) {
+	fail := func(err error) {
+		for _, r := range batch {
+			r.done <- sendResult{err: err}
+		}
+	}
 	g.mu.Lock()
 	if g.left || !g.roster.IsMember(g.n.self) {
 		g.mu.Unlock()
-		return nil, fmt.Errorf("%w of group %s", ErrNotMember, g.id.ShortString())
+		fail(fmt.Errorf("%w of group %s", ErrNotMember, g.id.ShortString()))
+		return
 	}
 	key := g.sendingKeyLocked()
 	var rotated *keyring.Key
@@ -104,42 +158,49 @@ func (g *Group) Send(ctx context.Context, text string) (*Message, error) {
 		var err error
 		if rotated, err = g.rotateLocked(); err != nil {
 			g.mu.Unlock()
-			return nil, err
+			fail(err)
+			return
 		}
 		key = rotated
 	}
-	// The envelope names these heads: a roster change applied while it is
-	// sealed and stored comes after it, as it would for a send a moment
-	// earlier.
+	// The envelopes name these heads: a roster change applied while they
+	// are sealed and stored comes after them, as it would for sends a
+	// moment earlier.
 	heads := capHeads(g.roster.Heads(), gossip.MaxRosterHeads)
 	g.mu.Unlock()
 
-	// The key is durable before any message under it.
-	if err := g.n.disk.sync(ctx, g.n.disk.ticket()); err != nil {
-		return nil, err
+	// The key is durable before any message under it. The batch waits on
+	// the group's context, not one caller's: it answers every caller.
+	if err := g.n.disk.sync(g.ctx, g.n.disk.ticket()); err != nil {
+		fail(err)
+		return
 	}
 	now := time.Now()
 	sentAt := g.n.wallNow()
-	var env *gossip.Envelope
+	envs := make([]*gossip.Envelope, len(batch))
 	firstMark := "kfs/" + key.ID().String() // our first seq under this key
-	seq, err := g.n.store.AppendOwn(g.id, "seq", firstMark, []byte(g.n.self), func(seq, first uint64) ([]byte, error) {
-		var err error
-		env, err = gossip.SealEnvelopeFrom(g.n.rand, g.n.priv, key, seq, first, heads, &wire.Content{Text: text, SentAtMs: sentAt.UnixMilli()})
+	seqs, err := g.n.store.AppendOwnBatch(g.id, "seq", firstMark, []byte(g.n.self), len(batch), func(i int, seq, first uint64) ([]byte, error) {
+		env, err := gossip.SealEnvelopeFrom(g.n.rand, g.n.priv, key, seq, first, heads, &wire.Content{Text: batch[i].text, SentAtMs: sentAt.UnixMilli()})
 		if err != nil {
 			return nil, err
 		}
+		envs[i] = env
 		return proto.Marshal(&wire.MessageRecord{Envelope: env.Signed, ReceivedAtMs: now.UnixMilli()})
 	})
 	if err != nil {
-		return nil, err
+		fail(err)
+		return
 	}
-	msg := &Message{Group: g.id, Sender: g.n.self, Seq: seq, KeyID: key.ID(), Status: StatusOK,
-		Text: text, SentAt: time.UnixMilli(sentAt.UnixMilli()), ReceivedAt: now}
+	msgs := make([]*Message, len(batch))
 	g.mu.Lock()
-	g.noteStoredLocked(g.n.self, seq)
-	g.noteDeliveredLocked(g.n.self, seq)
-	if g.topic != nil {
-		g.out.push(env.Signed)
+	for i, seq := range seqs {
+		msgs[i] = &Message{Group: g.id, Sender: g.n.self, Seq: seq, KeyID: key.ID(), Status: StatusOK,
+			Text: batch[i].text, SentAt: time.UnixMilli(sentAt.UnixMilli()), ReceivedAt: now}
+		g.noteStoredLocked(g.n.self, seq)
+		g.noteDeliveredLocked(g.n.self, seq)
+		if g.topic != nil {
+			g.out.push(envs[i].Signed)
+		}
 	}
 	g.mu.Unlock()
 
@@ -147,6 +208,8 @@ func (g *Group) Send(ctx context.Context, text string) (*Message, error) {
 		g.emitRotated(rotated)
 		g.distribute(rotated, nil)
 	}
-	g.n.events.publish(Event{Kind: EventMessage, Group: g.id, Message: msg})
-	return msg, nil
+	for i, m := range msgs {
+		g.n.events.publish(Event{Kind: EventMessage, Group: g.id, Message: m})
+		batch[i].done <- sendResult{msg: m}
+	}
 }

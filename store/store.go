@@ -501,20 +501,41 @@ func (s *Store) Addrs(peerID []byte) ([]byte, error) {
 // sequence number appended under it (for example, per key): it is set to
 // seq the first time and passed to build as first.
 func (s *Store) AppendOwn(gid [32]byte, counter, firstMark string, sender []byte, build func(seq, first uint64) ([]byte, error)) (uint64, error) {
+	seqs, err := s.AppendOwnBatch(gid, counter, firstMark, sender, 1, func(_ int, seq, first uint64) ([]byte, error) { return build(seq, first) })
+	if err != nil {
+		return 0, err
+	}
+	return seqs[0], nil
+}
+
+// MaxAppendBatch bounds the messages one AppendOwnBatch stores.
+const MaxAppendBatch = 256
+
+// AppendOwnBatch is AppendOwn for n messages in one synced transaction (a
+// group commit): message i gets the i-th next sequence number, and build
+// is called for each in order (again, should the transaction be retried).
+// All or none are stored.
+func (s *Store) AppendOwnBatch(gid [32]byte, counter, firstMark string, sender []byte, n int, build func(i int, seq, first uint64) ([]byte, error)) ([]uint64, error) {
+	if n < 1 || n > MaxAppendBatch {
+		return nil, fmt.Errorf("store: batch of %d messages, want 1 to %d", n, MaxAppendBatch)
+	}
 	if err := s.space.check(); err != nil {
-		return 0, err // before a sequence number is taken
+		return nil, err // before a sequence number is taken
 	}
 	ck := groupKey(tagCounter, gid, []byte(counter))
 	lk := groupKey(tagCounter, gid, []byte("log"))
 	for {
-		var seq uint64
+		seqs := make([]uint64, n)
 		err := s.db.Update(func(txn *badger.Txn) error {
 			cur, err := counterIn(txn, ck)
 			if err != nil {
 				return err
 			}
-			seq = cur + 1
-			first := seq
+			next, err := counterIn(txn, lk)
+			if err != nil {
+				return err
+			}
+			first := cur + 1
 			if firstMark != "" {
 				fk := groupKey(tagCounter, gid, []byte(firstMark))
 				f, err := counterIn(txn, fk)
@@ -523,34 +544,41 @@ func (s *Store) AppendOwn(gid [32]byte, counter, firstMark string, sender []byte
 				}
 				if f != 0 {
 					first = f
-				} else if err := txn.Set(fk, u64(seq)); err != nil {
+				} else if err := txn.Set(fk, u64(first)); err != nil {
 					return err
 				}
 			}
-			rec, err := build(seq, first)
-			if err != nil {
-				return err
-			}
-			ss := senderSeq(sender, seq)
-			mk := groupKey(tagMsg, gid, ss)
-			if _, err := txn.Get(mk); err == nil {
-				return fmt.Errorf("message slot %d already taken", seq)
-			} else if !errors.Is(err, badger.ErrKeyNotFound) {
-				return err
-			}
-			next, err := counterIn(txn, lk)
-			if err != nil {
-				return err
-			}
-			for _, kv := range [][2][]byte{{ck, u64(seq)}, {lk, u64(next + 1)}, {groupKey(tagLog, gid, u64(next)), ss}, {mk, rec}} {
-				if err := txn.Set(kv[0], kv[1]); err != nil {
+			for i := range n {
+				seq := cur + 1 + uint64(i)
+				seqs[i] = seq
+				rec, err := build(i, seq, first)
+				if err != nil {
 					return err
 				}
+				ss := senderSeq(sender, seq)
+				mk := groupKey(tagMsg, gid, ss)
+				if _, err := txn.Get(mk); err == nil {
+					return fmt.Errorf("message slot %d already taken", seq)
+				} else if !errors.Is(err, badger.ErrKeyNotFound) {
+					return err
+				}
+				for _, kv := range [][2][]byte{{groupKey(tagLog, gid, u64(next)), ss}, {mk, rec}} {
+					if err := txn.Set(kv[0], kv[1]); err != nil {
+						return err
+					}
+				}
+				next++
 			}
-			return nil
+			if err := txn.Set(ck, u64(cur+uint64(n))); err != nil {
+				return err
+			}
+			return txn.Set(lk, u64(next))
 		})
 		if !errors.Is(err, badger.ErrConflict) {
-			return seq, err
+			if err != nil {
+				return nil, err
+			}
+			return seqs, nil
 		}
 	}
 }
