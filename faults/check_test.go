@@ -14,16 +14,32 @@ import (
 	"time"
 )
 
-// formGroup: ds[0] founds a group and invites the others; everyone is
-// connected to everyone; it returns when all rosters and sending keys agree.
+// formGroup: ds[0] founds a group and invites the others, who join with
+// the code (the join dials the inviter); then everyone connects to everyone.
+// It returns when all rosters and sending keys agree.
+//
+// The connects come after the joins on purpose: a node records a peer's
+// addresses only when libp2p identifies it while it is already a member,
+// so peers connected before the group existed are never recorded and do
+// not find each other after restarts (a product bug; see
+// TestConnectedBeforeJoining and docs/reliability.md).
 func formGroup(t *testing.T, name string, ds ...*daemon) string {
 	t.Helper()
+	gid := createAndJoin(t, name, ds...)
 	connectAll(ds...)
-	return formConnected(t, name, ds...)
+	waitRoster(t, 60*time.Second, gid, ds, ds)
+	return gid
 }
 
-// formConnected is formGroup for daemons the caller connected.
+// formConnected is formGroup for daemons the caller connected already.
 func formConnected(t *testing.T, name string, ds ...*daemon) string {
+	t.Helper()
+	gid := createAndJoin(t, name, ds...)
+	waitRoster(t, 60*time.Second, gid, ds, ds)
+	return gid
+}
+
+func createAndJoin(t *testing.T, name string, ds ...*daemon) string {
 	t.Helper()
 	a := ds[0]
 	var out struct {
@@ -42,7 +58,6 @@ func formConnected(t *testing.T, name string, ds ...*daemon) string {
 		}
 		d.mustRun("group", "join", inv.Invite)
 	}
-	waitRoster(t, 60*time.Second, gid, ds, ds)
 	return gid
 }
 
@@ -175,6 +190,7 @@ func converge(t *testing.T, timeout time.Duration, l *ledger, readers []*daemon,
 		}
 		if time.Since(start) > timeout {
 			t.Errorf("not every accepted message arrived within %v: %d of %d deliveries; first missing: %s", timeout, got, want, missing)
+			diagnose(t, l, readers, entitled)
 			return time.Since(start), false
 		}
 		time.Sleep(300 * time.Millisecond)
@@ -347,4 +363,41 @@ func paced(l *ledger, tag string, dur, gap time.Duration, senders ...*daemon) {
 		}()
 	}
 	wg.Wait()
+}
+
+// diagnose logs, per reader, what it lacks from each sender and whom it is
+// connected to.
+func diagnose(t *testing.T, l *ledger, readers []*daemon, entitled rule) {
+	t.Helper()
+	acc := l.snapshot()
+	for _, d := range readers {
+		if !d.running() {
+			t.Logf("%s: not running", d.name)
+			continue
+		}
+		shown := make(map[string]string)
+		for _, m := range d.messages(l.gid) {
+			shown[m.Sender+"\x00"+m.Text] = m.Status
+		}
+		lack := make(map[string][]string)
+		for _, s := range acc {
+			if entitled(d, s) && shown[s.by.id.PeerID+"\x00"+s.text] != "ok" {
+				lack[s.by.name] = append(lack[s.by.name], s.text)
+			}
+		}
+		for from, texts := range lack {
+			t.Logf("%s lacks %d from %s: first %q, last %q", d.name, len(texts), from, texts[0], texts[len(texts)-1])
+		}
+		var peers []identity
+		_ = json.Unmarshal([]byte(d.run("peers", "--json").stdout), &peers)
+		var ps []string
+		for _, p := range peers {
+			ps = append(ps, p.PeerID)
+		}
+		g := d.groupInfo(l.gid)
+		t.Logf("%s: key %s, %d members, connected to %v", d.name, g.KeyID, len(g.Members), short(ps))
+	}
+	for _, d := range readers {
+		t.Logf("%s is …%s", d.name, d.id.PeerID[len(d.id.PeerID)-6:])
+	}
 }
