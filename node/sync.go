@@ -150,20 +150,10 @@ func (n *Node) handleSyncRequest(from peer.ID, req *wire.SyncRequest) (*wire.Syn
 	if req.MaxEnvelopes > 0 && int(req.MaxEnvelopes) < limit {
 		limit = int(req.MaxEnvelopes)
 	}
-	type slot struct {
-		sender peer.ID
-		seq    uint64
-	}
-	var missing []slot
-	err := n.store.MessageIndex(g.id, func(sender []byte, seq uint64) error {
-		if !have[peer.ID(sender)].contains(seq) {
-			missing = append(missing, slot{peer.ID(sender), seq})
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, false
-	}
+	// What we hold and the requester lacks, from the stored slots kept in
+	// memory: an up-to-date member costs a pass over the senders' ranges,
+	// not a scan of the whole message index.
+	missing := g.missingFrom(have)
 	resp := &wire.SyncResponse{}
 	size := 0
 	refusedKeys := make(map[keyring.ID]bool) // by key ID, before any signature check
@@ -198,6 +188,60 @@ func (n *Node) handleSyncRequest(from peer.ID, req *wire.SyncRequest) (*wire.Syn
 		size += proto.Size(e.Signed)
 	}
 	return resp, true
+}
+
+// slot is one stored message, by sender and sequence number.
+type slot struct {
+	sender peer.ID
+	seq    uint64
+}
+
+// missingFrom lists the slots this node stores that have does not, by
+// sender then sequence number.
+func (g *Group) missingFrom(have map[peer.ID]seqRanges) []slot {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	senders := make([]peer.ID, 0, len(g.stored))
+	for p := range g.stored {
+		senders = append(senders, p)
+	}
+	slices.Sort(senders)
+	var out []slot
+	for _, p := range senders {
+		theirs := have[p]
+		for _, rg := range g.stored[p] {
+			// Walk rg, jumping over each of their ranges: the cost is
+			// the gaps, not the history.
+			seq := rg[0]
+			i, _ := theirs.find(seq)
+			for seq <= rg[1] {
+				if i < len(theirs) && theirs[i][0] <= seq {
+					if theirs[i][1] >= rg[1] {
+						break
+					}
+					seq = theirs[i][1] + 1
+					i++
+					continue
+				}
+				end := rg[1]
+				if i < len(theirs) && theirs[i][0]-1 < end {
+					end = theirs[i][0] - 1
+				}
+				for {
+					out = append(out, slot{p, seq})
+					if seq == end {
+						break
+					}
+					seq++
+				}
+				if end == rg[1] {
+					break
+				}
+				seq = end + 1 // end < rg[1]: no overflow
+			}
+		}
+	}
+	return out
 }
 
 // notRecipientOfHeldKey reports whether this node holds key id and p is not

@@ -44,3 +44,41 @@ func BenchmarkServeSyncToLateJoiner(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkServeSyncUpToDate: a member with a long history answers the
+// periodic sync of a member that holds all of it — what every pair of
+// members pays every 30 s and at every re-subscribe.
+func BenchmarkServeSyncUpToDate(b *testing.B) {
+	for _, n := range []int{2000, 10000} {
+		b.Run(fmt.Sprintf("history=%d", n), func(b *testing.B) {
+			a := newTestNode(b, b.TempDir())
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+			defer cancel()
+			g, err := a.CreateGroup(ctx, "long history")
+			if err != nil {
+				b.Fatal(err)
+			}
+			for i := range n {
+				if _, err := g.Send(ctx, fmt.Sprint("message ", i)); err != nil {
+					b.Fatal(err)
+				}
+			}
+			peer := newTestNode(b, "")
+			if err := g.Add(ctx, peer.ID(), roster.RoleMember); err != nil {
+				b.Fatal(err)
+			}
+			have, err := g.haveSummary()
+			if err != nil {
+				b.Fatal(err)
+			}
+			req := &wire.SyncRequest{GroupId: g.id[:], Have: have}
+			b.ResetTimer()
+			for b.Loop() {
+				resp, ok := a.handleSyncRequest(peer.ID(), req)
+				if !ok || len(resp.Envelopes) != 0 || resp.More {
+					b.Fatalf("served %d envelopes to a member that holds them all", len(resp.GetEnvelopes()))
+				}
+			}
+		})
+	}
+}
