@@ -289,6 +289,13 @@ func (rm *removal) watch(sender *daemon, g groupInfo) {
 	}
 }
 
+// removedSeen reports whether some sender was seen to drop the member.
+func (rm *removal) removedSeen() bool {
+	rm.mu.Lock()
+	defer rm.mu.Unlock()
+	return len(rm.cutoff) > 0
+}
+
 // cutoffOf is sender's cutoff (the zero time if none yet).
 func (rm *removal) cutoffOf(sender *daemon) time.Time {
 	rm.mu.Lock()
