@@ -178,6 +178,7 @@ func (n *Node) startGroup(r *roster.Roster, left, isNew bool) (*Group, error) {
 	if isNew {
 		n.events.publish(Event{Kind: EventGroupJoined, Group: g.id, Members: st.Members})
 	}
+	n.rememberAddrsSoon() // members we are connected to already
 	return g, nil
 }
 

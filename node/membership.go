@@ -233,6 +233,9 @@ func (g *Group) rosterChangedLocked() {
 	if len(added)+len(removed) > 0 {
 		g.n.events.publish(Event{Kind: EventRoster, Group: g.id, Members: slices.Clone(st.Members), Added: added, Removed: removed})
 	}
+	if len(added) > 0 {
+		g.n.rememberAddrsSoon()
+	}
 	if !st.IsMember(g.n.self) {
 		if !g.left {
 			g.left = true

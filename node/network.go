@@ -176,6 +176,8 @@ func (n *Node) addressBookLoop(sub event.Subscription) {
 		select {
 		case <-n.ctx.Done():
 			return
+		case <-n.addrBookWake:
+			n.rememberConnectedMembers()
 		case ev, ok := <-sub.Out():
 			if !ok {
 				return
@@ -184,16 +186,56 @@ func (n *Node) addressBookLoop(sub event.Subscription) {
 			if !n.isKnownMember(id.Peer) || len(id.ListenAddrs) == 0 {
 				continue
 			}
-			rec := &wire.AddrRecord{SeenAtMs: time.Now().UnixMilli()}
-			for _, a := range dialableAddrs(id.ListenAddrs) {
-				if len(rec.Addrs) < maxStoredAddrs {
-					rec.Addrs = append(rec.Addrs, a.Bytes())
-				}
-			}
-			if b, err := proto.Marshal(rec); err == nil {
-				_ = n.store.PutAddrs([]byte(id.Peer), b)
-			}
+			n.rememberAddrs(id.Peer, id.ListenAddrs)
 		}
+	}
+}
+
+// rememberAddrs stores where p listens.
+func (n *Node) rememberAddrs(p peer.ID, listen []ma.Multiaddr) {
+	rec := &wire.AddrRecord{SeenAtMs: time.Now().UnixMilli()}
+	for _, a := range dialableAddrs(listen) {
+		if len(rec.Addrs) < maxStoredAddrs {
+			rec.Addrs = append(rec.Addrs, a.Bytes())
+		}
+	}
+	if len(rec.Addrs) == 0 {
+		return
+	}
+	if b, err := proto.Marshal(rec); err == nil {
+		_ = n.store.PutAddrs([]byte(p), b)
+	}
+}
+
+// rememberConnectedMembers stores the addresses of members we are connected
+// to and have none stored for: peers identified before they became members
+// (connected first, then invited) are otherwise never written down, and
+// once every member has restarted nobody could find anybody.
+func (n *Node) rememberConnectedMembers() {
+	seen := map[peer.ID]bool{n.self: true}
+	for _, g := range n.Groups() {
+		if g.hasLeft() {
+			continue
+		}
+		for _, m := range g.Members() {
+			if seen[m.ID] {
+				continue
+			}
+			seen[m.ID] = true
+			if n.host.Network().Connectedness(m.ID) != network.Connected || len(n.storedAddrs(m.ID)) > 0 {
+				continue
+			}
+			n.rememberAddrs(m.ID, n.host.Peerstore().Addrs(m.ID))
+		}
+	}
+}
+
+// rememberAddrsSoon asks the address book to note the addresses of members
+// it has none for (a roster gained members). It never blocks.
+func (n *Node) rememberAddrsSoon() {
+	select {
+	case n.addrBookWake <- struct{}{}:
+	default:
 	}
 }
 
@@ -244,6 +286,7 @@ func (n *Node) reconnectLoop(bootstrap []peer.AddrInfo) {
 }
 
 func (n *Node) reconnect(bootstrap []peer.AddrInfo) {
+	n.rememberAddrsSoon()
 	targets := slices.Clone(bootstrap)
 	seen := map[peer.ID]bool{n.self: true}
 	for _, ai := range bootstrap {

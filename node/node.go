@@ -259,6 +259,8 @@ type Node struct {
 
 	clockOffset time.Duration // Config.ClockOffset
 
+	addrBookWake chan struct{} // asks addressBookLoop to note members' addresses
+
 	// verifier checks every signature and peer ID this node reads, and
 	// remembers the identities that passed (the node's own table; nothing
 	// is shared with another node in the process).
@@ -296,15 +298,16 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("node: %w", err)
 	}
 	n := &Node{
-		log:         cfg.Logger,
-		params:      cfg.Params.withDefaults(),
-		rand:        cfg.Rand,
-		events:      newHub(),
-		life:        newLifecycle(),
-		verifier:    new(wire.Verifier),
-		clockOffset: cfg.ClockOffset,
-		groups:      make(map[roster.GroupID]*Group),
-		byTopic:     make(map[string]*Group),
+		log:          cfg.Logger,
+		params:       cfg.Params.withDefaults(),
+		rand:         cfg.Rand,
+		events:       newHub(),
+		life:         newLifecycle(),
+		verifier:     new(wire.Verifier),
+		clockOffset:  cfg.ClockOffset,
+		addrBookWake: make(chan struct{}, 1),
+		groups:       make(map[roster.GroupID]*Group),
+		byTopic:      make(map[string]*Group),
 	}
 	if n.log == nil {
 		n.log = slog.New(slog.DiscardHandler)
