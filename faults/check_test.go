@@ -16,13 +16,8 @@ import (
 
 // formGroup: ds[0] founds a group and invites the others, who join with
 // the code (the join dials the inviter); then everyone connects to everyone.
-// It returns when all rosters and sending keys agree.
-//
-// The connects come after the joins on purpose: a node records a peer's
-// addresses only when libp2p identifies it while it is already a member,
-// so peers connected before the group existed are never recorded and do
-// not find each other after restarts (a product bug; see
-// TestConnectedBeforeJoining and docs/reliability.md).
+// It returns when all rosters and sending keys agree. (The other order,
+// connect first, is TestConnectedBeforeJoining.)
 func formGroup(t *testing.T, name string, ds ...*daemon) string {
 	t.Helper()
 	gid := createAndJoin(t, name, ds...)

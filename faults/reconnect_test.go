@@ -7,19 +7,15 @@ import (
 
 // TestConnectedBeforeJoining: peers that connect (p2pchat connect) before
 // the group exists, then form it, then all restart, find each other again
-// and deliver what is sent after. This FAILS against the product as it is:
-// the address book records a peer's listen addresses only when libp2p's
-// identify completes while the peer is already a member of one of our
-// groups (node/network.go addressBookLoop), and identify ran at connect
-// time, before any group; so no member's address is ever stored, the fresh
-// peerstores after the restart are empty, and the reconnect loop has nobody
-// to dial. It runs only with -soak (outside CI) until that is fixed; see
-// docs/reliability.md.
+// and deliver what is sent after. This failed before commit 967fd03: the
+// address book recorded a peer's listen addresses only when libp2p's
+// identify completed while the peer was already a member of one of our
+// groups, and identify had run at connect time, before any group; so no
+// member's address was stored, the fresh peerstores after the restart were
+// empty and the reconnect loop had nobody to dial (bug 1 in
+// docs/reliability.md).
 func TestConnectedBeforeJoining(t *testing.T) {
 	gate(t)
-	if !*soak {
-		t.Skip("known product bug (addresses of peers connected before they were members are never stored, so they do not reconnect after a restart): run with -soak to see it fail")
-	}
 	t.Parallel()
 	tp := newTopo(t, 3)
 	a := newDaemon(t, tp, 1, "A", "", nil)
