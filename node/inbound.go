@@ -224,15 +224,19 @@ func (g *Group) tick(now time.Time) time.Time {
 			}
 		}
 		if !g.rotateAt.IsZero() {
-			if now.Before(g.rotateAt) {
+			switch {
+			case now.Before(g.rotateAt):
 				earliest(g.rotateAt)
-			} else if g.sendingKeyLocked() == nil && g.roster.IsMember(g.n.self) {
-				k, err := g.rotateLocked()
-				if err == nil {
+			case g.sendingKeyLocked() != nil || !g.roster.IsMember(g.n.self):
+				g.rotateAt = time.Time{} // a key came, or we are out
+			case !g.ackAt.IsZero() || len(g.toMark) > 0:
+				// Our ack of the departure first (rotationDelayLocked).
+				g.rotateAt = now.Add(10 * time.Millisecond)
+				earliest(g.rotateAt)
+			default:
+				if k, err := g.rotateLocked(); err == nil {
 					rotated = k
 				}
-			} else {
-				g.rotateAt = time.Time{}
 			}
 		}
 	}

@@ -174,10 +174,17 @@ func (g *Group) derivedForLocked(id roster.OpID) *keyring.Key {
 // that is alive rotates and the others get its key before their turn comes;
 // a remover that died mid-rotation (or the only admin) leaves no group
 // without a key.
+//
+// The wait starts after AckDelay, and the timer makes the key only once
+// this node's ack of the departure is applied: the key is then made for a
+// roster state strictly above the removal, higher than any key the remover
+// made on the removal alone and may still bring back after a crash, so the
+// sending-key rule (§5.4) keeps the key the remaining members converged
+// on rather than switching everyone to the remover's on a tie of heights.
 func (g *Group) rotationDelayLocked(st *roster.State) (time.Duration, bool) {
 	for r, m := range st.Members {
 		if m.ID == g.n.self {
-			return g.n.params.RotationGrace * time.Duration(r+1), true
+			return g.n.params.AckDelay + g.n.params.RotationGrace*time.Duration(r+1), true
 		}
 	}
 	return 0, false

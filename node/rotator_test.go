@@ -1,12 +1,18 @@
 package node
 
 import (
+	"bytes"
+	"crypto/rand"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
+	"github.com/p2pchat/p2pchat/keyring"
 	"github.com/p2pchat/p2pchat/roster"
 	"github.com/p2pchat/p2pchat/store"
+	"github.com/p2pchat/p2pchat/wire"
 )
 
 // TestDyingRotatorReplaced: the founder, the group's only admin, removes a
@@ -49,16 +55,23 @@ func TestDyingRotatorReplaced(t *testing.T) {
 // the remove reached its own store (the others had it from the topic), and
 // after (it was durable before it was published, as Remove makes it).
 func TestDyingRotatorComesBack(t *testing.T) {
-	for _, stored := range []bool{false, true} {
-		name := "remove not stored at home"
-		if stored {
-			name = "remove stored at home"
-		}
-		t.Run(name, func(t *testing.T) { testDyingRotatorComesBack(t, stored) })
+	for _, home := range []struct {
+		name                  string
+		removeStored, keyMade bool
+	}{
+		{"remove not stored at home", false, false},
+		{"remove stored at home", true, false},
+		// It also made its key for the removal and died before sending it:
+		// a key for the same membership, made with an ID below the one the
+		// others converged on, so a tie of roster heights would switch
+		// everyone to it.
+		{"remove and the remover's own key stored at home", true, true},
+	} {
+		t.Run(home.name, func(t *testing.T) { testDyingRotatorComesBack(t, home.removeStored, home.keyMade) })
 	}
 }
 
-func testDyingRotatorComesBack(t *testing.T, removeStored bool) {
+func testDyingRotatorComesBack(t *testing.T, removeStored, keyMade bool) {
 	xDir := t.TempDir()
 	x := newTestNode(t, xDir)
 	rest := []*testNode{newTestNode(t, ""), newTestNode(t, ""), newTestNode(t, "")}
@@ -82,6 +95,23 @@ func testDyingRotatorComesBack(t *testing.T, removeStored bool) {
 		}
 		if err := s.PutOp(gid, remove.ID, remove.Marshal()); err != nil {
 			t.Fatal(err)
+		}
+		if keyMade {
+			members := a.mustGroup(gid).State().MemberIDs()
+			var own *keyring.Key
+			for own == nil || bytes.Compare(own.Meta.KeyID[:], k[:]) >= 0 {
+				var err error
+				if own, err = keyring.Generate(rand.Reader, gid, x.ID(), []roster.OpID{remove.ID}, members); err != nil {
+					t.Fatal(err)
+				}
+			}
+			rec, err := proto.Marshal(&wire.KeyRecord{Secret: own.Secret(), Meta: own.Meta.ToWire()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := s.PutKey(gid, own.ID(), rec); err != nil {
+				t.Fatal(err)
+			}
 		}
 		if err := s.Close(); err != nil {
 			t.Fatal(err)
