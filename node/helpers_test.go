@@ -151,21 +151,40 @@ func eventually(t testing.TB, timeout time.Duration, what string, cond func() bo
 type recorder struct {
 	mu     sync.Mutex
 	events []Event
-	sub    *Subscription
-	done   chan struct{}
+	// readableSlots counts the messages per group shown readable, kept as
+	// events arrive, so polling it costs nothing (readable rebuilds a map
+	// of every message, which a test polling a large history pays for).
+	readableSlots map[roster.GroupID]map[slot]struct{}
+	sub           *Subscription
+	done          chan struct{}
 }
 
 func newRecorder(n *Node) *recorder {
-	r := &recorder{sub: n.Subscribe(), done: make(chan struct{})}
+	r := &recorder{sub: n.Subscribe(), done: make(chan struct{}), readableSlots: map[roster.GroupID]map[slot]struct{}{}}
 	go func() {
 		defer close(r.done)
 		for e := range r.sub.C() {
 			r.mu.Lock()
 			r.events = append(r.events, e)
+			if m := e.Message; m != nil && m.Status == StatusOK && (e.Kind == EventMessage || e.Kind == EventMessageDecrypted) {
+				set := r.readableSlots[e.Group]
+				if set == nil {
+					set = map[slot]struct{}{}
+					r.readableSlots[e.Group] = set
+				}
+				set[slot{m.Sender, m.Seq}] = struct{}{}
+			}
 			r.mu.Unlock()
 		}
 	}()
 	return r
+}
+
+// readableCount is len(readable(group)), without building it.
+func (r *recorder) readableCount(group roster.GroupID) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.readableSlots[group])
 }
 
 func (r *recorder) snapshot() []Event {
