@@ -87,6 +87,7 @@ func (g *Group) authorAck() {
 		err = g.applyLocalLocked(op)
 	}
 	g.mu.Unlock()
+	g.nudge() // a rotation may have waited for this ack (rotationDelayLocked)
 	if err != nil {
 		g.n.log.Warn("sign ack", "group", g.id.ShortString(), "err", err)
 		return

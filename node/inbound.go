@@ -230,9 +230,9 @@ func (g *Group) tick(now time.Time) time.Time {
 			case g.sendingKeyLocked() != nil || !g.roster.IsMember(g.n.self):
 				g.rotateAt = time.Time{} // a key came, or we are out
 			case !g.ackAt.IsZero() || len(g.toMark) > 0:
-				// Our ack of the departure first (rotationDelayLocked).
-				g.rotateAt = now.Add(10 * time.Millisecond)
-				earliest(g.rotateAt)
+				// Our ack of the departure first (rotationDelayLocked):
+				// the ack branch above waits for it, and authorAck wakes
+				// this loop once the ack is applied.
 			default:
 				if k, err := g.rotateLocked(); err == nil {
 					rotated = k

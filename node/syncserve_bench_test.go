@@ -17,22 +17,7 @@ import (
 func BenchmarkServeSyncToLateJoiner(b *testing.B) {
 	for _, n := range []int{2000, 10000} {
 		b.Run(fmt.Sprintf("history=%d", n), func(b *testing.B) {
-			a := newTestNode(b, b.TempDir()) // the daemon's configuration: badger on disk
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-			defer cancel()
-			g, err := a.CreateGroup(ctx, "long history")
-			if err != nil {
-				b.Fatal(err)
-			}
-			for i := range n {
-				if _, err := g.Send(ctx, fmt.Sprint("old message ", i)); err != nil {
-					b.Fatal(err)
-				}
-			}
-			late := newTestNode(b, "")
-			if err := g.Add(ctx, late.ID(), roster.RoleMember); err != nil {
-				b.Fatal(err)
-			}
+			a, g, late := groupWithHistory(b, n)
 			req := &wire.SyncRequest{GroupId: g.id[:]}
 			b.ResetTimer()
 			for b.Loop() {
@@ -51,22 +36,7 @@ func BenchmarkServeSyncToLateJoiner(b *testing.B) {
 func BenchmarkServeSyncUpToDate(b *testing.B) {
 	for _, n := range []int{2000, 10000} {
 		b.Run(fmt.Sprintf("history=%d", n), func(b *testing.B) {
-			a := newTestNode(b, b.TempDir())
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-			defer cancel()
-			g, err := a.CreateGroup(ctx, "long history")
-			if err != nil {
-				b.Fatal(err)
-			}
-			for i := range n {
-				if _, err := g.Send(ctx, fmt.Sprint("message ", i)); err != nil {
-					b.Fatal(err)
-				}
-			}
-			peer := newTestNode(b, "")
-			if err := g.Add(ctx, peer.ID(), roster.RoleMember); err != nil {
-				b.Fatal(err)
-			}
+			a, g, peer := groupWithHistory(b, n)
 			have, err := g.haveSummary()
 			if err != nil {
 				b.Fatal(err)
@@ -81,4 +51,28 @@ func BenchmarkServeSyncUpToDate(b *testing.B) {
 			}
 		})
 	}
+}
+
+// groupWithHistory is a node on an on-disk store (the daemon's
+// configuration) with a group holding n of its messages, and a member added
+// after all of them.
+func groupWithHistory(b *testing.B, n int) (*testNode, *Group, *testNode) {
+	b.Helper()
+	a := newTestNode(b, b.TempDir())
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	g, err := a.CreateGroup(ctx, "long history")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for i := range n {
+		if _, err := g.Send(ctx, fmt.Sprint("message ", i)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	later := newTestNode(b, "")
+	if err := g.Add(ctx, later.ID(), roster.RoleMember); err != nil {
+		b.Fatal(err)
+	}
+	return a, g, later
 }
